@@ -1,0 +1,27 @@
+"""synthgrad: Decoupled Neural Interfaces using Synthetic Gradients (Jaderberg et al., arXiv 1608.05343)."""
+from synthgrad.decoupled import DecoupledSequential
+from synthgrad.errors import SynthgradError
+from synthgrad.functional import gradient_cosine, synthesizer_loss, synthetic_gradient
+from synthgrad.interfaces import (
+    BackwardInterface,
+    backward_interfaces,
+    block_parameters,
+    synthesizer_parameters,
+)
+from synthgrad.synthesizers import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, Synthesizer
+
+__all__ = [
+    "BackwardInterface",
+    "ConvSynthesizer",
+    "DecoupledSequential",
+    "LinearSynthesizer",
+    "MLPSynthesizer",
+    "Synthesizer",
+    "SynthgradError",
+    "backward_interfaces",
+    "block_parameters",
+    "gradient_cosine",
+    "synthesizer_loss",
+    "synthesizer_parameters",
+    "synthetic_gradient",
+]

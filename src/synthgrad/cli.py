@@ -1,0 +1,237 @@
+"""``synthgrad <command>``: the only module that reads argv and the environment.
+
+Commands: ``train`` (an MNIST-family classifier, every cut decoupled), ``gist`` (the seed experiment,
+corrected) and ``plot`` (figures of a run directory). A mistake in the input prints one line and exits
+with status 2; it never shows a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from synthgrad.errors import SynthgradError
+from synthgrad.experiments.gist import HIDDEN_DIM, build_gist_model, gist_train_config
+from synthgrad.experiments.mnist import (
+    DATASETS,
+    METHODS,
+    MODELS,
+    ClassifierConfig,
+    build_model,
+    load_splits,
+    run_classifier,
+)
+from synthgrad.metrics import SUMMARY_FILE, smooth
+from synthgrad.plots import plot_run
+from synthgrad.trainer import OPTIMIZERS, LR_SCHEDULES, TrainConfig
+
+DATA_ENV = "SYNTHGRAD_DATA"
+"""Environment variable naming a directory with one folder per dataset, e.g. ``$SYNTHGRAD_DATA/mnist``."""
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="directory holding the dataset's IDX files (default: "
+                        f"${DATA_ENV}/<dataset>, else a per-user cache that it is downloaded into)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto picks cuda when available (default auto)")
+    parser.add_argument("--out", type=Path, help="run directory (default runs/<command>-<model>-<method>-<time>)")
+    parser.add_argument("--force", action="store_true", help="write into --out even if it holds a finished run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="a few batches on at most 1024 examples, never downloading: a smoke test")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthgrad", description="Train networks with synthetic gradients "
+                                     "(Decoupled Neural Interfaces, arXiv 1608.05343).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train an MNIST-family classifier with every cut decoupled")
+    defaults = ClassifierConfig()
+    train_defaults = TrainConfig()
+    train.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
+    train.add_argument("--model", choices=MODELS, default=defaults.model,
+                       help="mlp: --layers hidden layers of --width units; cnn: two conv blocks")
+    train.add_argument("--method", choices=METHODS, default=defaults.method,
+                       help="backprop, dni (synthesizers see the activation) or cdni (and the label); default cdni")
+    train.add_argument("--layers", type=_positive(int), default=defaults.layers, help="MLP hidden layers")
+    train.add_argument("--width", type=_positive(int), default=defaults.width, help="MLP hidden units")
+    train.add_argument("--synth-layers", type=int, default=defaults.synth_layers,
+                       help="hidden layers of each DNI synthesizer (cDNI MLP synthesizers are linear)")
+    train.add_argument("--synth-width", type=_positive(int), default=defaults.synth_width,
+                       help="hidden units (MLP) or filters (CNN) of each synthesizer")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive(int), default=train_defaults.epochs)
+    length.add_argument("--steps", type=_positive(int), help="train for this many steps instead of --epochs")
+    train.add_argument("--batch-size", type=_positive(int), default=train_defaults.batch_size)
+    train.add_argument("--lr", type=_positive(float), default=train_defaults.lr, help="learning rate of the blocks")
+    train.add_argument("--synth-lr", type=_positive(float), default=train_defaults.synth_lr,
+                       help="learning rate of the synthesizers")
+    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=train_defaults.optimizer)
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train_defaults.lr_schedule)
+    _add_common_arguments(train)
+
+    gist = commands.add_parser("gist", help="the seed gist's 784-100-10 MNIST experiment, done right")
+    gist_defaults = gist_train_config()
+    gist.add_argument("--cdni", action="store_true", help="condition the synthesizer on the label")
+    gist.add_argument("--synth-every", type=_positive(int), default=gist_defaults.synth_every,
+                      help="update the synthesizer every N steps (the gist used 10)")
+    gist.add_argument("--synth-lr", type=_positive(float), default=gist_defaults.synth_lr,
+                      help=f"synthesizer learning rate (the gist used 1e-4; default {gist_defaults.synth_lr})")
+    _add_common_arguments(gist)
+
+    plot = commands.add_parser("plot", help="draw a run directory's curves and figures to PNG files")
+    plot.add_argument("run_dir", type=Path, help="a directory written by synthgrad train or gist")
+    return parser
+
+
+def resolve_data_dir(dataset: str, data_dir: Optional[str], environ: dict[str, str]) -> Path:
+    """``--data-dir``, else ``$SYNTHGRAD_DATA/<dataset>``, else ``$XDG_CACHE_HOME/synthgrad/<dataset>``
+    (``~/.cache`` when unset)."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if environ.get(DATA_ENV):
+        return Path(environ[DATA_ENV]).expanduser() / dataset
+    cache = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "synthgrad" / dataset
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SynthgradError("--device cuda: this PyTorch build sees no CUDA device; use --device cpu or auto")
+    return name
+
+
+def prepare_run_dir(out: Optional[Path], default_name: str, force: bool) -> Path:
+    run_dir = out or Path("runs") / f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / SUMMARY_FILE).exists() and not force:
+        raise SynthgradError(f"--out {run_dir} already holds a finished run; pass --force to overwrite it "
+                             "or choose another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SynthgradError(f"--out {run_dir} is a file, not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob("*.jsonl"):
+        stale.unlink()  # --force: metrics are appended, so a previous run's would mix in
+    return run_dir
+
+
+def _report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> None:
+    cosines = [f"{value:.2f}" for key, value in sorted(summary.items()) if key.startswith("sg/cos/")]
+    print(f"test accuracy {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f}) after "
+          f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training"
+          + (f"; synthetic-gradient cosine per cut: {', '.join(cosines)}" if cosines else ""))
+    print(f"run directory: {run_dir} (figures: {', '.join(path.name for path in figures)})")
+
+
+def _load(args: argparse.Namespace, dataset: str, environ: dict[str, str]):
+    data_dir = resolve_data_dir(dataset, args.data_dir, environ)
+    train_split, test_split, note = load_splits(dataset, str(data_dir), download=not args.dry_run,
+                                                dry_run=args.dry_run)
+    if note:
+        print(note)
+    return data_dir, train_split, test_split
+
+
+def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    config = ClassifierConfig(
+        dataset=args.dataset, model=args.model, method=args.method, layers=args.layers, width=args.width,
+        synth_layers=args.synth_layers, synth_width=args.synth_width, dry_run=args.dry_run,
+        train=TrainConfig(
+            epochs=args.epochs, steps=2 if args.dry_run else args.steps, batch_size=args.batch_size,
+            lr=args.lr, synth_lr=args.synth_lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+            use_context=args.method == "cdni", seed=args.seed, device=resolve_device(args.device),
+            progress=not args.no_progress,
+        ),
+    )
+    if args.synth_layers < 0:
+        raise SynthgradError(f"--synth-layers must be >= 0, got {args.synth_layers}")
+    run_dir = prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force)
+    data_dir, train_split, test_split = _load(args, args.dataset, environ)
+    config.data_dir = str(data_dir)
+    torch.manual_seed(args.seed)
+    model = build_model(config)
+
+    def on_record(record: dict[str, Any]) -> None:
+        if "test/acc" in record:
+            cosines = " ".join(f"{value:.2f}" for key, value in record.items() if key.startswith("sg/cos/"))
+            print(f"epoch {record['epoch']:.2f}: train loss {record['train/loss']:.4f}, test accuracy "
+                  f"{record['test/acc']:.4f}" + (f", sg cosine {cosines}" if cosines else ""), file=sys.stderr)
+
+    summary = run_classifier(model, train_split, test_split, config, run_dir, on_record=on_record)
+    _report(summary, run_dir, plot_run(run_dir))
+
+
+def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    method = "cdni" if args.cdni else "dni"
+    config = ClassifierConfig(
+        dataset="mnist", model="gist", method=method, layers=1, width=HIDDEN_DIM, synth_layers=0,
+        synth_width=HIDDEN_DIM, dry_run=args.dry_run,
+        train=gist_train_config(synth_every=args.synth_every, synth_lr=args.synth_lr, use_context=args.cdni,
+                                seed=args.seed, device=resolve_device(args.device), progress=False,
+                                **({"steps": 2} if args.dry_run else {})),
+    )
+    run_dir = prepare_run_dir(args.out, f"gist-{method}", args.force)
+    torch.set_num_threads(1)  # batches of 10 through a 784-100-10 net: threads cost more than they give
+    data_dir, train_split, test_split = _load(args, "mnist", environ)
+    config.data_dir = str(data_dir)
+    torch.manual_seed(args.seed)
+    model = build_gist_model(use_context=args.cdni)
+    losses: list[float] = []
+
+    def on_record(record: dict[str, Any]) -> None:
+        step = record["step"]
+        losses.append(record["train/loss"])
+        if "test/acc" in record:
+            print(f"iteration {step}: test accuracy {record['test/acc']:.3f}")
+        if step % 100 == 0:
+            print(f"\titeration {step}: smooth_loss {smooth(losses)[-1]:.3f}, synth_loss {record['sg/loss/0']:.3f}")
+
+    summary = run_classifier(model, train_split, test_split, config, run_dir, on_record=on_record)
+    _report(summary, run_dir, plot_run(run_dir))
+
+
+def command_plot(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    for path in plot_run(args.run_dir):
+        print(path)
+
+
+COMMANDS = {"train": command_train, "gist": command_gist, "plot": command_plot}
+
+
+def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]] = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args, dict(os.environ) if environ is None else environ)
+    except SynthgradError as error:
+        print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"synthgrad {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""DecoupledSequential: a network as a chain of blocks with a BackwardInterface at each cut.
+
+Paper section 3.1: with every layer decoupled, each block learns only from the synthetic gradient at
+its output, and each synthesizer regresses onto the gradient arriving at its cut: the true gradient at
+the top cut, and below it the bootstrapped target, i.e. the next cut's synthetic gradient
+backpropagated through the next block. Chaining interfaces produces exactly that inside one
+``loss.backward()``, because what arrives at a cut is whatever the cut above sent down.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import Tensor, nn
+
+from synthgrad.interfaces import BackwardInterface
+from synthgrad.synthesizers import Synthesizer
+
+
+class DecoupledSequential(nn.Module):
+    """Blocks ``b_0 .. b_{n-1}`` with an optional synthesizer on the output of each of ``b_0 .. b_{n-2}``.
+
+    Args:
+        blocks: the modules, applied in order; the last produces the model's output.
+        synthesizers: ``len(blocks) - 1`` entries; entry ``i`` cuts the output of block ``i``.
+            ``None`` leaves that boundary uncut (ordinary backprop through it), so all ``None`` is
+            plain backprop and a single entry reproduces a one-cut network such as the seed gist.
+        pass_target_grad: every cut passes the arriving gradient down (backprop) while its synthesizer
+            still learns, to measure synthesizers against true gradients.
+
+    ``forward(x, context=None)``: ``context`` (e.g. one-hot labels, ``(B, num_classes)``) is handed to
+    every synthesizer; it is ignored in eval mode.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        synthesizers: Sequence[Optional[Synthesizer]],
+        *,
+        pass_target_grad: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(blocks) == 0:
+            raise ValueError("DecoupledSequential needs at least one block")
+        if len(synthesizers) != len(blocks) - 1:
+            raise ValueError(
+                f"{len(blocks)} blocks have {len(blocks) - 1} cuts between them, "
+                f"but {len(synthesizers)} synthesizers were given"
+            )
+        self.blocks = nn.ModuleList(blocks)
+        # Keyed by the index of the block whose output is cut; that index names the cut in metrics.
+        self.interfaces = nn.ModuleDict({
+            str(index): BackwardInterface(synthesizer, pass_target_grad=pass_target_grad)
+            for index, synthesizer in enumerate(synthesizers)
+            if synthesizer is not None
+        })
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if str(index) in self.interfaces:
+                x = self.interfaces[str(index)](x, context)
+        return x

@@ -1,0 +1,1 @@
+"""Named, reproducible experiment presets built on the synthgrad core."""

@@ -1,0 +1,77 @@
+"""BackwardInterface: a decoupling cut that can be placed on any activation inside ``forward``.
+
+Paper section 2 ("update unlock"): the module below a cut updates from the synthetic gradient
+M(h, c) as soon as h exists, and the synthesizer M learns from the gradient that arrives later. In one
+process both happen inside one ordinary ``loss.backward()``: the cut's backward (see
+``synthgrad.functional.synthetic_gradient``) hands the synthetic gradient down and turns the arriving
+gradient into the synthesizer's target. No global state, no backward call inside ``forward``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Optional
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from synthgrad.functional import GradientObserver, synthetic_gradient
+from synthgrad.synthesizers import Synthesizer
+
+
+class BackwardInterface(nn.Module):
+    """A cut with a synthesizer. ``forward(activation, context=None)`` returns the activation unchanged.
+
+    In training mode (with grad enabled) the returned tensor's backward delivers the synthetic gradient
+    to everything below and trains the synthesizer on the arriving gradient; in eval mode, or under
+    ``torch.no_grad()``, it is an exact identity and the synthesizer is not run.
+
+    Args:
+        synthesizer: predicts the per-example gradient w.r.t. the activation.
+        pass_target_grad: pass the arriving gradient down instead of the synthetic one (plain
+            backprop) while the synthesizer keeps learning; for measuring how good synthesizers are.
+    """
+
+    def __init__(self, synthesizer: Synthesizer, *, pass_target_grad: bool = False) -> None:
+        super().__init__()
+        self.synthesizer = synthesizer
+        self.pass_target_grad = pass_target_grad
+        self._gradient_hooks: OrderedDict[int, GradientObserver] = OrderedDict()
+
+    def forward(self, activation: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        if not (self.training and activation.requires_grad):
+            return activation
+        synthetic_grad = self.synthesizer(activation.detach(), context)  # (B, *features)
+        return synthetic_gradient(
+            activation,
+            synthetic_grad,
+            pass_target_grad=self.pass_target_grad,
+            observers=tuple(self._gradient_hooks.values()),
+        )
+
+    def register_gradient_hook(self, hook: GradientObserver) -> RemovableHandle:
+        """Call ``hook(synthetic_grad, target_grad)`` (detached, per-example scale) at every backward
+        through this cut, like ``nn.Module.register_full_backward_hook``; remove it with the handle."""
+        handle = RemovableHandle(self._gradient_hooks)
+        self._gradient_hooks[handle.id] = hook
+        return handle
+
+    def extra_repr(self) -> str:
+        return f"pass_target_grad={self.pass_target_grad}"
+
+
+def backward_interfaces(model: nn.Module) -> list[BackwardInterface]:
+    """Every BackwardInterface in ``model``, in registration order (bottom cut first for
+    ``DecoupledSequential``)."""
+    return [module for module in model.modules() if isinstance(module, BackwardInterface)]
+
+
+def synthesizer_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The parameters of all synthesizers in ``model``, e.g. for their own optimizer param group."""
+    for interface in backward_interfaces(model):
+        yield from interface.synthesizer.parameters()
+
+
+def block_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The parameters of ``model`` that are not part of a synthesizer."""
+    synthesizer_ids = {id(p) for p in synthesizer_parameters(model)}
+    return (p for p in model.parameters() if id(p) not in synthesizer_ids)

@@ -1,0 +1,64 @@
+"""Run-directory records: metrics as JSON lines, plus small JSON files (config, summary).
+
+Metric keys are stable and documented in the README: ``train/loss``, ``train/acc``, ``test/loss``,
+``test/acc``, and per cut ``k`` (the index of the block whose output is cut) ``sg/loss/<k>`` (the
+synthesizer loss) and ``sg/cos/<k>`` (cosine between synthetic and target gradient). Every record
+also has ``step`` and ``epoch``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+SAMPLES_FILE = "samples.pt"
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON (keys sorted, so runs diff cleanly)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``RUN_DIR/metrics.jsonl``, flushed at once so a crashed run
+    keeps every record it wrote."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self._file = self.path.open("a")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(dict(record)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_metrics(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """The records of ``RUN_DIR/metrics.jsonl`` in order."""
+    with (Path(run_dir) / METRICS_FILE).open() as file:
+        for line in file:
+            if line.strip():
+                yield json.loads(line)
+
+
+LOSS_SMOOTHING = 0.95
+"""Exponential smoothing of loss curves, the seed gist's factor."""
+
+
+def smooth(values: Iterable[float], factor: float = LOSS_SMOOTHING) -> list[float]:
+    """Exponential moving average started at the first value, as the seed gist smoothed its loss."""
+    smoothed: list[float] = []
+    for value in values:
+        smoothed.append(value if not smoothed else factor * smoothed[-1] + (1 - factor) * value)
+    return smoothed

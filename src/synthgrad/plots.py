@@ -1,0 +1,120 @@
+"""Figures from a run directory; the only module that imports matplotlib.
+
+Reads ``metrics.jsonl`` (and ``samples.pt`` when present) and writes PNG files beside them:
+``loss.png`` (raw and smoothed training loss, test loss), ``accuracy.png``, ``synthetic_gradients.png``
+(per cut: cosine between synthetic and target gradient, and synthesizer loss), ``gradients.png``
+(true vs synthetic gradient at each cut for one test batch) and ``predictions.png`` (test digits with
+the model's predictions). The last two are the seed gist's figures, with its bug fixed: the gist drew
+the true gradient in both panels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from synthgrad.errors import SynthgradError  # noqa: E402
+from synthgrad.metrics import METRICS_FILE, SAMPLES_FILE, read_metrics, smooth  # noqa: E402
+
+MAX_UNITS_SHOWN = 50
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Draw every figure the run directory has data for; returns the PNG paths written."""
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS_FILE).is_file():
+        raise SynthgradError(f"{run_dir} has no {METRICS_FILE}: pass the directory of a synthgrad run (its --out)")
+    records = list(read_metrics(run_dir))
+    if not records:
+        raise SynthgradError(f"{run_dir / METRICS_FILE} is empty: the run wrote no metrics yet")
+    written = [_plot_loss(records, run_dir / "loss.png"), _plot_accuracy(records, run_dir / "accuracy.png")]
+    cuts = sorted({int(key.split("/")[-1]) for record in records for key in record if key.startswith("sg/cos/")})
+    if cuts:
+        written.append(_plot_synthetic_gradients(records, cuts, run_dir / "synthetic_gradients.png"))
+    if (run_dir / SAMPLES_FILE).is_file():
+        samples = torch.load(run_dir / SAMPLES_FILE)
+        if samples["synthetic_grads"]:
+            written.append(_plot_gradients(samples, run_dir / "gradients.png"))
+        written.append(_plot_predictions(samples, run_dir / "predictions.png"))
+    return written
+
+
+def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
+    points = [(record["step"], record[key]) for record in records if key in record]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _plot_loss(records: list[dict], path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(6, 4))
+    steps, losses = _series(records, "train/loss")
+    axes.plot(steps, losses, alpha=0.3, color="C0", label="train (raw)")
+    axes.plot(steps, smooth(losses), color="C0", label="train (smoothed)")
+    steps, losses = _series(records, "test/loss")
+    axes.plot(steps, losses, "o-", color="C1", label="test")
+    axes.set(title="Loss", xlabel="training step", ylabel="cross-entropy")
+    axes.legend()
+    return _save(figure, path)
+
+
+def _plot_accuracy(records: list[dict], path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for key, style in (("train/acc", "-"), ("test/acc", "o-")):
+        steps, values = _series(records, key)
+        axes.plot(steps, values, style, label=key.split("/")[0])
+    axes.set(title="Accuracy", xlabel="training step", ylabel="accuracy")
+    axes.legend()
+    return _save(figure, path)
+
+
+def _plot_synthetic_gradients(records: list[dict], cuts: list[int], path: Path) -> Path:
+    figure, (cosine_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    for cut in cuts:
+        cosine_axes.plot(*_series(records, f"sg/cos/{cut}"), label=f"cut {cut}")
+        loss_axes.plot(*_series(records, f"sg/loss/{cut}"), label=f"cut {cut}")
+    cosine_axes.axhline(0.0, color="grey", linewidth=0.8)
+    cosine_axes.set(title="cos(synthetic, target gradient)", xlabel="training step", ylabel="cosine")
+    loss_axes.set(title="Synthesizer loss", xlabel="training step", ylabel="L2 loss", yscale="log")
+    cosine_axes.legend()
+    loss_axes.legend()
+    return _save(figure, path)
+
+
+def _plot_gradients(samples: dict, path: Path) -> Path:
+    pairs = list(zip(samples["true_grads"], samples["synthetic_grads"]))
+    figure, axes = plt.subplots(len(pairs), 2, figsize=(10, 2.5 * len(pairs)), squeeze=False)
+    for cut, (true_grad, synthetic_grad) in enumerate(pairs):
+        true_grad = true_grad.flatten(1)[:, :MAX_UNITS_SHOWN]  # (B, units shown)
+        synthetic_grad = synthetic_grad.flatten(1)[:, :MAX_UNITS_SHOWN]
+        limit = max(true_grad.abs().max().item(), synthetic_grad.abs().max().item(), 1e-12)
+        for column, (title, grad) in enumerate((("True", true_grad), ("Synthetic", synthetic_grad))):
+            image = axes[cut, column].imshow(grad.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+            axes[cut, column].set(title=f"{title} gradient dL/dh, cut {cut}", xlabel="unit", ylabel="example")
+        figure.colorbar(image, ax=axes[cut].tolist())
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _plot_predictions(samples: dict, path: Path) -> Path:
+    images, labels, predictions = samples["images"], samples["labels"], samples["predictions"]
+    columns = 6
+    rows = (len(images) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < len(images):
+            axis.imshow(images[index].squeeze(0).numpy(), cmap="gray")
+            is_right = predictions[index] == labels[index]
+            axis.set_title(f"predicted: {predictions[index].item()}", color="black" if is_right else "red", fontsize=9)
+    return _save(figure, path)

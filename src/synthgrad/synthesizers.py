@@ -1,0 +1,146 @@
+"""Synthesizers: small networks M(h, c) that predict the gradient of the loss w.r.t. an activation h.
+
+Paper section 2 and appendix A: a synthesizer sees the activation (and, for cDNI, a context such as the
+one-hot label) and outputs a tensor shaped like the activation, at per-example scale (see
+``synthgrad.functional``). Its output layer starts at zero, so at step 0 the network below a cut
+receives no update at all instead of noise.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+class Synthesizer(nn.Module):
+    """Contract: ``forward(activation, context=None) -> tensor shaped like activation``.
+
+    ``activation`` is ``(B, *features)``; ``context`` is ``(B, context_dim)`` or ``None``. A
+    synthesizer built with ``context_dim > 0`` requires a context (cDNI); one built without refuses it.
+    """
+
+    def __init__(self, context_dim: int = 0) -> None:
+        super().__init__()
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        self.context_dim = context_dim
+
+    @property
+    def use_context(self) -> bool:
+        return self.context_dim > 0
+
+    def _check_context(self, activation: Tensor, context: Optional[Tensor]) -> None:
+        if self.use_context and context is None:
+            raise ValueError(
+                f"{type(self).__name__} was built with context_dim={self.context_dim} (cDNI) "
+                "but was called without a context; pass the one-hot labels"
+            )
+        if not self.use_context and context is not None:
+            raise ValueError(
+                f"{type(self).__name__} was built without a context but was given one; "
+                "build it with context_dim=<size of the context> for cDNI"
+            )
+        if context is not None and context.shape != (activation.shape[0], self.context_dim):
+            raise ValueError(
+                f"context has shape {tuple(context.shape)}, expected "
+                f"({activation.shape[0]}, {self.context_dim})"
+            )
+
+
+def _zero_(layer: nn.Module) -> nn.Module:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class MLPSynthesizer(Synthesizer):
+    """Fully connected synthesizer for activations ``(B, dim)``: ``num_hidden_layers`` hidden layers of
+    ``hidden_dim`` units with ReLU (and BatchNorm when ``batch_norm``), then a zero-initialised linear
+    output. With ``num_hidden_layers=0`` it is a single linear map, the paper's cDNI synthesizer.
+    The context is concatenated to the activation at the input.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hidden_dim: int = 1024,
+        num_hidden_layers: int = 2,
+        context_dim: int = 0,
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__(context_dim)
+        if dim <= 0 or hidden_dim <= 0 or num_hidden_layers < 0:
+            raise ValueError(
+                f"need dim > 0, hidden_dim > 0 and num_hidden_layers >= 0; got dim={dim}, "
+                f"hidden_dim={hidden_dim}, num_hidden_layers={num_hidden_layers}"
+            )
+        self.dim = dim
+        layers: list[nn.Module] = []
+        width = dim + context_dim
+        for _ in range(num_hidden_layers):
+            layers.append(nn.Linear(width, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.ReLU())
+            width = hidden_dim
+        layers.append(_zero_(nn.Linear(width, dim)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, activation: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        self._check_context(activation, context)
+        x = activation.flatten(1)  # (B, dim)
+        if context is not None:
+            x = torch.cat([x, context.to(x.dtype)], dim=1)  # (B, dim + context_dim)
+        return self.net(x).view_as(activation)
+
+
+class LinearSynthesizer(MLPSynthesizer):
+    """A single zero-initialised linear map ``[activation, context] -> gradient``: the paper's cDNI
+    synthesizer, and the seed gist's."""
+
+    def __init__(self, dim: int, *, context_dim: int = 0) -> None:
+        super().__init__(dim, num_hidden_layers=0, context_dim=context_dim)
+
+
+class ConvSynthesizer(Synthesizer):
+    """Convolutional synthesizer for feature maps ``(B, channels, H, W)`` (paper appendix A): resolution
+    preserving ``kernel_size`` convolutions, ``num_hidden_layers`` of ``hidden_channels`` filters with
+    BatchNorm (when ``batch_norm``) and ReLU, then a zero-initialised convolution back to ``channels``.
+    The context is broadcast over the spatial positions as extra input channels.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        hidden_channels: int = 128,
+        num_hidden_layers: int = 2,
+        kernel_size: int = 5,
+        context_dim: int = 0,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__(context_dim)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd to preserve resolution, got {kernel_size}")
+        padding = kernel_size // 2
+        layers: list[nn.Module] = []
+        width = channels + context_dim
+        for _ in range(num_hidden_layers):
+            layers.append(nn.Conv2d(width, hidden_channels, kernel_size, padding=padding))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(hidden_channels))
+            layers.append(nn.ReLU())
+            width = hidden_channels
+        layers.append(_zero_(nn.Conv2d(width, channels, kernel_size, padding=padding)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, activation: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        self._check_context(activation, context)
+        x = activation
+        if context is not None:
+            batch, _, height, width = activation.shape
+            planes = context.to(x.dtype)[:, :, None, None].expand(batch, self.context_dim, height, width)
+            x = torch.cat([x, planes], dim=1)  # (B, channels + context_dim, H, W)
+        return self.net(x)

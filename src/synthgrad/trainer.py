@@ -1,0 +1,248 @@
+"""The training loop: an ordinary ``loss.backward(); optimizer.step()`` loop over in-memory tensors.
+
+It knows nothing of MNIST or of how the model was cut: the cuts do their work inside backward, and the
+trainer only (a) gives synthesizers their own learning rate, (b) hands one-hot labels to the model as
+context for cDNI, and (c) records, through gradient hooks, how well each synthesizer predicts.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from synthgrad.functional import gradient_cosine, synthesizer_loss
+from synthgrad.interfaces import backward_interfaces, block_parameters, synthesizer_parameters
+from synthgrad.metrics import MetricsLog
+
+FINAL_CHECKPOINT = "final.pt"
+
+
+class Split(NamedTuple):
+    """One split of a classification dataset held in memory: ``inputs (N, ...)``, ``labels (N,)``."""
+
+    inputs: Tensor
+    labels: Tensor
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of the training loop. ``steps``, when set, overrides ``epochs``.
+
+    ``lr_schedule="cosine"`` anneals every learning rate to zero over the run: late in training the
+    synthesizers' targets keep moving, and a decaying step size is what keeps the final accuracy at
+    the best epoch's instead of drifting away from it.
+    """
+
+    epochs: int = 10
+    steps: Optional[int] = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    synth_lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    lr_schedule: str = "cosine"
+    synth_every: int = 1
+    use_context: bool = False
+    num_classes: int = 10
+    eval_every: Optional[int] = None
+    log_every: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """One optimizer, two param groups: blocks at ``lr``, synthesizers at ``synth_lr``."""
+    groups = [{"params": list(block_parameters(model)), "lr": config.lr}]
+    synth_params = list(synthesizer_parameters(model))
+    if synth_params:
+        groups.append({"params": synth_params, "lr": config.synth_lr})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum)
+    return torch.optim.Adam(groups)
+
+
+def _lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    if config.lr_schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+class _CutStatistics:
+    """Running means of synthesizer loss and gradient cosine at each cut, fed by gradient hooks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        interfaces = backward_interfaces(model)
+        self._sums = [torch.zeros(2) for _ in interfaces]  # (loss, cosine) per cut
+        self._counts = [0 for _ in interfaces]
+        self._handles = [
+            interface.register_gradient_hook(self._observer(cut))
+            for cut, interface in enumerate(interfaces)
+        ]
+
+    def _observer(self, cut: int) -> Callable[[Tensor, Tensor], None]:
+        def observe(synthetic_grad: Tensor, target_grad: Tensor) -> None:
+            pair = torch.stack([synthesizer_loss(synthetic_grad, target_grad),
+                                gradient_cosine(synthetic_grad, target_grad)])
+            self._sums[cut] += pair.cpu()
+            self._counts[cut] += 1
+        return observe
+
+    def pop(self) -> dict[str, float]:
+        """The means since the last call, as ``sg/loss/<k>`` and ``sg/cos/<k>``; then reset."""
+        record = {}
+        for cut, (sums, count) in enumerate(zip(self._sums, self._counts)):
+            if count:
+                record[f"sg/loss/{cut}"] = sums[0].item() / count
+                record[f"sg/cos/{cut}"] = sums[1].item() / count
+            sums.zero_()
+            self._counts[cut] = 0
+        return record
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` in eval mode (cuts are identities)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    try:
+        for start in range(0, len(split.labels), batch_size):
+            inputs = split.inputs[start:start + batch_size].to(device)
+            labels = split.labels[start:start + batch_size].to(device)
+            logits = model(inputs)
+            total_loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == labels).sum().item()
+    finally:
+        model.train(was_training)
+    count = len(split.labels)
+    return {"loss": total_loss / count, "acc": correct / count}
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file."""
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def train(
+    model: nn.Module,
+    train_split: Split,
+    test_split: Split,
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    on_record: Optional[Callable[[dict[str, Any]], None]] = None,
+) -> dict[str, Any]:
+    """Train ``model`` with cross-entropy, writing ``metrics.jsonl`` and ``final.pt`` into ``run_dir``.
+
+    Returns the summary: final and best test accuracy, ``train_seconds`` (optimisation only, not
+    evaluation), ``steps``, ``epochs`` and the last logged ``sg/*`` value of each cut.
+    ``on_record`` is called with every metrics record as it is written (e.g. to print it).
+    """
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {config.optimizer!r}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
+    num_examples = len(train_split.labels)
+    if config.batch_size > num_examples:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {num_examples} training examples")
+    run_dir = Path(run_dir)
+    device = torch.device(config.device)
+    model.to(device).train()
+    train_inputs, train_labels = train_split.inputs.to(device), train_split.labels.to(device)
+
+    steps_per_epoch = num_examples // config.batch_size  # the last partial batch is dropped
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    eval_every = config.eval_every or steps_per_epoch
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total_steps))
+    synth_params = list(synthesizer_parameters(model))
+    cut_statistics = _CutStatistics(model)
+    order = torch.Generator().manual_seed(config.seed)
+
+    best_acc, last_record, train_seconds = 0.0, {}, 0.0
+    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    progress = tqdm(total=total_steps, disable=not config.progress, unit="step", dynamic_ncols=True)
+    with MetricsLog(run_dir) as log:
+        def emit(record: dict[str, Any]) -> None:
+            log.write(record)
+            last_record.update(record)
+            if on_record is not None:
+                on_record(record)
+
+        step = 0
+        while step < total_steps:
+            permutation = torch.randperm(num_examples, generator=order).to(device)
+            for batch in range(steps_per_epoch):
+                if step == total_steps:
+                    break
+                started = time.perf_counter()
+                index = permutation[batch * config.batch_size:(batch + 1) * config.batch_size]
+                inputs, labels = train_inputs[index], train_labels[index]
+                context = (nn.functional.one_hot(labels, config.num_classes).float()
+                           if config.use_context else None)
+                logits = model(inputs, context) if config.use_context else model(inputs)
+                loss = nn.functional.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if step % config.synth_every != 0:
+                    for param in synth_params:
+                        param.grad = None  # optimizers skip parameters without a gradient
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(dim=1) == labels).sum()
+                seen += len(labels)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                train_seconds += time.perf_counter() - started
+                progress.update()
+
+                if step % config.log_every == 0 or step % eval_every == 0 or step == total_steps:
+                    record = {"step": step, "epoch": step / steps_per_epoch,
+                              "train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen,
+                              **cut_statistics.pop()}
+                    loss_sum.zero_(), correct.zero_()
+                    seen = 0
+                    if step % eval_every == 0 or step == total_steps:
+                        test = evaluate(model, test_split)
+                        record.update({"test/loss": test["loss"], "test/acc": test["acc"]})
+                        best_acc = max(best_acc, test["acc"])
+                    emit(record)
+                    progress.set_postfix({key.split("/")[-1] if key.startswith("train") else key: f"{value:.3f}"
+                                          for key, value in record.items()
+                                          if key in ("train/loss", "train/acc", "test/acc")})
+    progress.close()
+    cut_statistics.remove()
+    save_checkpoint(run_dir / FINAL_CHECKPOINT, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
+    })
+    return {
+        "test_acc": last_record["test/acc"],
+        "best_test_acc": best_acc,
+        "test_loss": last_record["test/loss"],
+        "train_seconds": train_seconds,
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        **{key: value for key, value in last_record.items() if key.startswith("sg/")},
+    }

@@ -1,0 +1,118 @@
+"""DecoupledSequential against plain autograd backprop (the oracle)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from oracle import ExactSynthesizer, backprop_reference, make_blocks
+from synthgrad import DecoupledSequential, LinearSynthesizer, MLPSynthesizer, block_parameters, synthesizer_parameters
+
+
+def batch(size=7, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(size, 12, generator=generator), torch.randint(0, 5, (size,), generator=generator)
+
+
+def test_exact_synthesizers_give_backprop_parameter_gradients():
+    x, y = batch()
+    blocks = make_blocks()
+    reference, grads = backprop_reference(blocks, x, y)
+    model = DecoupledSequential(copy.deepcopy(blocks), [ExactSynthesizer(g) for g in grads])
+    nn.functional.cross_entropy(model(x), y).backward()
+    for ours, theirs in zip(model.blocks.parameters(), reference.parameters()):
+        assert_close(ours.grad, theirs.grad)
+
+
+def test_exact_synthesizers_give_backprop_updates():
+    x, y = batch(9, seed=1)
+    blocks = make_blocks(1)
+    reference, grads = backprop_reference(blocks, x, y)
+    torch.optim.SGD(reference.parameters(), lr=0.1).step()
+    model = DecoupledSequential(copy.deepcopy(blocks), [ExactSynthesizer(g) for g in grads])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    for ours, theirs in zip(model.blocks.parameters(), reference.parameters()):
+        assert_close(ours, theirs)
+
+
+def test_zero_initialised_synthesizers_leave_lower_blocks_unchanged_at_step_zero():
+    x, y = batch()
+    blocks = make_blocks()
+    before = copy.deepcopy(blocks)
+    model = DecoupledSequential(blocks, [MLPSynthesizer(16, hidden_dim=32), MLPSynthesizer(16, hidden_dim=32),
+                                         MLPSynthesizer(8, hidden_dim=32)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    for block, original in zip(model.blocks[:-1], before[:-1]):
+        for ours, theirs in zip(block.parameters(), original.parameters()):
+            assert_close(ours, theirs, rtol=0, atol=0)
+    assert not torch.equal(model.blocks[-1].weight, before[-1].weight)  # the top block learns from the loss
+
+
+def test_pass_target_grad_is_backprop_whatever_the_synthesizers_say():
+    x, y = batch()
+    blocks = make_blocks()
+    reference, _ = backprop_reference(blocks, x, y)
+    torch.manual_seed(3)
+    synthesizers = [LinearSynthesizer(16), LinearSynthesizer(16), LinearSynthesizer(8)]
+    for synthesizer in synthesizers:  # make them say something wrong
+        nn.init.normal_(synthesizer.net[-1].weight)
+    model = DecoupledSequential(copy.deepcopy(blocks), synthesizers, pass_target_grad=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    for ours, theirs in zip(model.blocks.parameters(), reference.parameters()):
+        assert_close(ours.grad, theirs.grad)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in synthesizer_parameters(model))
+
+
+def test_targets_are_true_at_the_top_and_bootstrapped_below():
+    x, y = batch()
+    blocks = make_blocks()
+    _, true_grads = backprop_reference(blocks, x, y)
+    torch.manual_seed(4)
+    synthesizers = [LinearSynthesizer(16), LinearSynthesizer(16), LinearSynthesizer(8)]
+    for synthesizer in synthesizers:
+        nn.init.normal_(synthesizer.net[-1].weight, std=0.3)
+    model = DecoupledSequential(copy.deepcopy(blocks), synthesizers)
+    seen = {}
+    for cut, interface in model.interfaces.items():
+        interface.register_gradient_hook(lambda s, t, cut=cut: seen.setdefault(int(cut), (s, t)))
+    nn.functional.cross_entropy(model(x), y).backward()
+
+    assert_close(seen[2][1], true_grads[2] * len(x))  # top cut: the true per-example gradient
+    for cut in (0, 1):  # below: the next cut's synthetic gradient backpropagated through the next block
+        h = blocks[cut](x) if cut == 0 else blocks[1](blocks[0](x))
+        h = h.detach().requires_grad_()
+        next_block = copy.deepcopy(model.blocks[cut + 1])
+        (bootstrapped,) = torch.autograd.grad(next_block(h), h, grad_outputs=seen[cut + 1][0])
+        assert_close(seen[cut][1], bootstrapped)
+
+
+def test_uncut_boundaries_backpropagate_and_all_none_is_plain_backprop():
+    x, y = batch()
+    blocks = make_blocks()
+    reference, _ = backprop_reference(blocks, x, y)
+    model = DecoupledSequential(copy.deepcopy(blocks), [None, None, None])
+    assert len(model.interfaces) == 0
+    nn.functional.cross_entropy(model(x), y).backward()
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        assert_close(ours.grad, theirs.grad)
+
+
+def test_parameters_split_into_blocks_and_synthesizers():
+    model = DecoupledSequential(make_blocks(), [LinearSynthesizer(16), None, LinearSynthesizer(8)])
+    synth = {id(p) for p in synthesizer_parameters(model)}
+    blocks = {id(p) for p in block_parameters(model)}
+    assert synth and blocks and not synth & blocks
+    assert synth | blocks == {id(p) for p in model.parameters()}
+    assert synth == {id(p) for i in ("0", "2") for p in model.interfaces[i].synthesizer.parameters()}
+
+
+def test_wrong_number_of_synthesizers_is_a_clear_error():
+    with pytest.raises(ValueError, match="4 blocks have 3 cuts between them, but 2 synthesizers"):
+        DecoupledSequential(make_blocks(), [None, None])
+    with pytest.raises(ValueError, match="at least one block"):
+        DecoupledSequential([], [])

@@ -1,0 +1,61 @@
+"""The stateless core: synthesizer loss, its closed-form gradient, cosine, and the cut's backward."""
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from synthgrad import gradient_cosine, synthesizer_loss, synthetic_gradient
+from synthgrad.functional import synthesizer_loss_grad
+
+
+def test_synthesizer_loss_is_squared_error_summed_over_features_and_averaged_over_batch():
+    synthetic, target = torch.randn(4, 3, 5), torch.randn(4, 3, 5)
+    expected = np.mean([np.sum((s - t) ** 2) for s, t in zip(synthetic.numpy(), target.numpy())])
+    assert synthesizer_loss(synthetic, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_closed_form_loss_gradient_equals_autograd():
+    synthetic, target = torch.randn(6, 7, requires_grad=True), torch.randn(6, 7)
+    (expected,) = torch.autograd.grad(synthesizer_loss(synthetic, target), synthetic)
+    assert_close(synthesizer_loss_grad(synthetic.detach(), target), expected)
+
+
+def test_cosine_is_over_the_whole_batch():
+    synthetic, target = torch.randn(5, 4), torch.randn(5, 4)
+    s, t = synthetic.numpy().ravel(), target.numpy().ravel()
+    expected = s @ t / np.linalg.norm(s) / np.linalg.norm(t)
+    assert gradient_cosine(synthetic, target).item() == pytest.approx(expected, rel=1e-5)
+    assert gradient_cosine(synthetic, 3 * synthetic).item() == pytest.approx(1.0)
+    assert gradient_cosine(synthetic, -synthetic).item() == pytest.approx(-1.0)
+
+
+def test_cut_is_identity_forward_and_delivers_synthetic_gradient_at_batch_mean_scale():
+    weight = torch.randn(3, 4, requires_grad=True)
+    x = torch.randn(8, 3)
+    activation = x @ weight  # (8, 4)
+    synthetic = torch.randn(8, 4, requires_grad=True)
+    out = synthetic_gradient(activation, synthetic)
+    assert torch.equal(out, activation)
+    upstream = torch.randn(8, 4)
+    (out * upstream).sum().backward()
+    # the block below sees synthetic / B, exactly as if the batch-mean loss had that gradient
+    assert_close(weight.grad, x.T @ (synthetic.detach() / 8))
+    # the synthesizer output is pulled towards B * (arriving gradient)
+    assert_close(synthetic.grad, synthesizer_loss_grad(synthetic.detach(), upstream * 8))
+
+
+def test_observers_see_synthetic_and_per_example_target():
+    activation = torch.randn(4, 2, requires_grad=True)
+    synthetic = torch.randn(4, 2)
+    seen = []
+    out = synthetic_gradient(activation, synthetic, observers=[lambda s, t: seen.append((s, t))])
+    upstream = torch.randn(4, 2)
+    out.backward(upstream)
+    (s, t), = seen
+    assert_close(s, synthetic)
+    assert_close(t, upstream * 4)
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"synthetic gradient has shape \(4, 3\) but the activation has \(4, 2\)"):
+        synthetic_gradient(torch.randn(4, 2, requires_grad=True), torch.randn(4, 3))
