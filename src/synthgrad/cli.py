@@ -16,16 +16,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from synthgrad.errors import SynthgradError
-from synthgrad.experiments.gist import HIDDEN_DIM, build_gist_model, gist_train_config
-from synthgrad.experiments.mnist import (
-    DATASETS,
-    METHODS,
-    MODELS,
-    ClassifierConfig,
-    build_model,
-    load_splits,
-    run_classifier,
-)
+from synthgrad.experiments.gist import build_gist_model, gist_config
+from synthgrad.experiments.mnist import DATASETS, DRY_RUN_STEPS, METHODS, MODELS, ClassifierConfig, run_experiment
 from synthgrad.metrics import SUMMARY_FILE, smooth
 from synthgrad.plots import plot_run
 from synthgrad.trainer import OPTIMIZERS, LR_SCHEDULES, TrainConfig
@@ -91,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_arguments(train)
 
     gist = commands.add_parser("gist", help="the seed gist's 784-100-10 MNIST experiment, done right")
-    gist_defaults = gist_train_config()
+    gist_defaults = gist_config().train
     gist.add_argument("--cdni", action="store_true", help="condition the synthesizer on the label")
     gist.add_argument("--synth-every", type=_positive(int), default=gist_defaults.synth_every,
                       help="update the synthesizer every N steps (the gist used 10)")
@@ -144,33 +136,21 @@ def _report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> 
     print(f"run directory: {run_dir} (figures: {', '.join(path.name for path in figures)})")
 
 
-def _load(args: argparse.Namespace, dataset: str, environ: dict[str, str]):
-    data_dir = resolve_data_dir(dataset, args.data_dir, environ)
-    train_split, test_split, note = load_splits(dataset, str(data_dir), download=not args.dry_run,
-                                                dry_run=args.dry_run)
-    if note:
-        print(note)
-    return data_dir, train_split, test_split
-
-
 def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    if args.synth_layers < 0:
+        raise SynthgradError(f"--synth-layers must be >= 0, got {args.synth_layers}")
     config = ClassifierConfig(
-        dataset=args.dataset, model=args.model, method=args.method, layers=args.layers, width=args.width,
+        dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),
+        model=args.model, method=args.method, layers=args.layers, width=args.width,
         synth_layers=args.synth_layers, synth_width=args.synth_width, dry_run=args.dry_run,
         train=TrainConfig(
-            epochs=args.epochs, steps=2 if args.dry_run else args.steps, batch_size=args.batch_size,
+            epochs=args.epochs, steps=DRY_RUN_STEPS if args.dry_run else args.steps, batch_size=args.batch_size,
             lr=args.lr, synth_lr=args.synth_lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
             use_context=args.method == "cdni", seed=args.seed, device=resolve_device(args.device),
             progress=not args.no_progress,
         ),
     )
-    if args.synth_layers < 0:
-        raise SynthgradError(f"--synth-layers must be >= 0, got {args.synth_layers}")
     run_dir = prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force)
-    data_dir, train_split, test_split = _load(args, args.dataset, environ)
-    config.data_dir = str(data_dir)
-    torch.manual_seed(args.seed)
-    model = build_model(config)
 
     def on_record(record: dict[str, Any]) -> None:
         if "test/acc" in record:
@@ -178,25 +158,19 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
             print(f"epoch {record['epoch']:.2f}: train loss {record['train/loss']:.4f}, test accuracy "
                   f"{record['test/acc']:.4f}" + (f", sg cosine {cosines}" if cosines else ""), file=sys.stderr)
 
-    summary = run_classifier(model, train_split, test_split, config, run_dir, on_record=on_record)
+    summary = run_experiment(config, run_dir, on_record=on_record)
     _report(summary, run_dir, plot_run(run_dir))
 
 
 def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
     method = "cdni" if args.cdni else "dni"
-    config = ClassifierConfig(
-        dataset="mnist", model="gist", method=method, layers=1, width=HIDDEN_DIM, synth_layers=0,
-        synth_width=HIDDEN_DIM, dry_run=args.dry_run,
-        train=gist_train_config(synth_every=args.synth_every, synth_lr=args.synth_lr, use_context=args.cdni,
-                                seed=args.seed, device=resolve_device(args.device), progress=False,
-                                **({"steps": 2} if args.dry_run else {})),
-    )
+    config = gist_config(method, synth_every=args.synth_every, synth_lr=args.synth_lr, seed=args.seed,
+                         device=resolve_device(args.device), progress=False,
+                         **({"steps": DRY_RUN_STEPS} if args.dry_run else {}))
+    config.data_dir = str(resolve_data_dir("mnist", args.data_dir, environ))
+    config.dry_run = args.dry_run
     run_dir = prepare_run_dir(args.out, f"gist-{method}", args.force)
     torch.set_num_threads(1)  # batches of 10 through a 784-100-10 net: threads cost more than they give
-    data_dir, train_split, test_split = _load(args, "mnist", environ)
-    config.data_dir = str(data_dir)
-    torch.manual_seed(args.seed)
-    model = build_gist_model(use_context=args.cdni)
     losses: list[float] = []
 
     def on_record(record: dict[str, Any]) -> None:
@@ -207,7 +181,7 @@ def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
         if step % 100 == 0:
             print(f"\titeration {step}: smooth_loss {smooth(losses)[-1]:.3f}, synth_loss {record['sg/loss/0']:.3f}")
 
-    summary = run_classifier(model, train_split, test_split, config, run_dir, on_record=on_record)
+    summary = run_experiment(config, run_dir, model_builder=build_gist_model, on_record=on_record)
     _report(summary, run_dir, plot_run(run_dir))
 
 

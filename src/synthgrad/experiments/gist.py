@@ -11,24 +11,33 @@ from __future__ import annotations
 from torch import nn
 
 from synthgrad.decoupled import DecoupledSequential
+from synthgrad.experiments.mnist import METHODS, ClassifierConfig
 from synthgrad.synthesizers import LinearSynthesizer
 from synthgrad.trainer import TrainConfig
 
 HIDDEN_DIM = 100
 
 
-def gist_train_config(**overrides: object) -> TrainConfig:
-    """The gist's optimisation settings (with a constant learning rate, as it had), then ``overrides``."""
+def gist_config(method: str = "dni", **train_overrides: object) -> ClassifierConfig:
+    """The gist's network and optimisation settings (a constant learning rate, as it had), with
+    ``train_overrides`` applied to the ``TrainConfig``."""
     settings = dict(steps=1000, batch_size=10, lr=2e-2, synth_lr=3e-3, optimizer="sgd",
-                    lr_schedule="constant", synth_every=1, eval_every=500, log_every=1)
-    settings.update(overrides)
-    return TrainConfig(**settings)  # type: ignore[arg-type]
+                    lr_schedule="constant", synth_every=1, eval_every=500, log_every=1,
+                    use_context=method == "cdni")
+    settings.update(train_overrides)
+    return ClassifierConfig(dataset="mnist", model="gist", method=method, layers=1, width=HIDDEN_DIM,
+                            synth_layers=0, synth_width=HIDDEN_DIM,
+                            train=TrainConfig(**settings))  # type: ignore[arg-type]
 
 
-def build_gist_model(*, use_context: bool, in_features: int = 784, num_classes: int = 10) -> DecoupledSequential:
-    """784-100-10 with ReLU, one cut on the hidden activation with a linear synthesizer (conditioned
-    on the one-hot label when ``use_context``: cDNI)."""
+def build_gist_model(config: ClassifierConfig, *, in_features: int = 784) -> DecoupledSequential:
+    """784-100-10 with ReLU and one cut on the hidden activation: a linear synthesizer (``dni``), one
+    conditioned on the one-hot label (``cdni``), or no cut at all (``backprop``, the reference)."""
+    method, num_classes = config.method, config.train.num_classes
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     blocks = [nn.Sequential(nn.Flatten(), nn.Linear(in_features, HIDDEN_DIM), nn.ReLU()),
               nn.Linear(HIDDEN_DIM, num_classes)]
-    synthesizer = LinearSynthesizer(HIDDEN_DIM, context_dim=num_classes if use_context else 0)
+    synthesizer = (None if method == "backprop"
+                   else LinearSynthesizer(HIDDEN_DIM, context_dim=num_classes if method == "cdni" else 0))
     return DecoupledSequential(blocks, [synthesizer])

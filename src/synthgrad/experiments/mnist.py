@@ -167,18 +167,26 @@ def _has_local_files(dataset: str, root: Path) -> bool:
     return all((root / name).exists() or (root / f"{name}.gz").exists() for name in names)
 
 
-def run_classifier(
-    model: DecoupledSequential,
-    train_split: Split,
-    test_split: Split,
+def run_experiment(
     config: ClassifierConfig,
     run_dir: Path,
     *,
+    model_builder: Callable[[ClassifierConfig], DecoupledSequential] = build_model,
     on_record: Optional[Callable[[dict[str, Any]], None]] = None,
+    on_note: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train ``model`` and fill ``run_dir``: ``config.json``, ``metrics.jsonl``, ``final.pt``,
-    ``samples.pt`` (test digits with predictions, synthetic and true gradients at every cut) and
-    ``summary.json``. Returns the summary."""
+    """Load the data, seed, build the model and train it, filling ``run_dir`` with ``config.json``,
+    ``metrics.jsonl``, ``final.pt``, ``samples.pt`` (test digits with predictions, synthetic and true
+    gradients at every cut) and ``summary.json``. Returns the summary.
+
+    ``on_record`` sees every metrics record; ``on_note`` gets remarks for the user (e.g. that a dry
+    run uses stand-in data)."""
+    train_split, test_split, note = load_splits(config.dataset, config.data_dir, download=config.download,
+                                                dry_run=config.dry_run)
+    if note:
+        on_note(note)
+    torch.manual_seed(config.train.seed)
+    model = model_builder(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, asdict(config))
     if config.dry_run:
