@@ -6,6 +6,7 @@ from synthgrad.interfaces import (
     BackwardInterface,
     backward_interfaces,
     block_parameters,
+    named_backward_interfaces,
     synthesizer_parameters,
 )
 from synthgrad.synthesizers import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, Synthesizer
@@ -21,6 +22,7 @@ __all__ = [
     "backward_interfaces",
     "block_parameters",
     "gradient_cosine",
+    "named_backward_interfaces",
     "synthesizer_loss",
     "synthesizer_parameters",
     "synthetic_gradient",

@@ -18,7 +18,7 @@ import torch
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.gist import build_gist_model, gist_config
 from synthgrad.experiments.mnist import DATASETS, DRY_RUN_STEPS, METHODS, MODELS, ClassifierConfig, run_experiment
-from synthgrad.metrics import SUMMARY_FILE, smooth
+from synthgrad.metrics import RUN_FILES, SUMMARY_FILE, smooth
 from synthgrad.plots import plot_run
 from synthgrad.trainer import OPTIMIZERS, LR_SCHEDULES, TrainConfig
 
@@ -123,8 +123,9 @@ def prepare_run_dir(out: Optional[Path], default_name: str, force: bool) -> Path
     if run_dir.exists() and not run_dir.is_dir():
         raise SynthgradError(f"--out {run_dir} is a file, not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob("*.jsonl"):
-        stale.unlink()  # --force: metrics are appended, so a previous run's would mix in
+    for stale in run_dir.iterdir():  # --force: nothing of the overwritten run may mix with the new one
+        if stale.name in RUN_FILES or stale.suffix == ".png":
+            stale.unlink()
     return run_dir
 
 
@@ -141,7 +142,7 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
         raise SynthgradError(f"--synth-layers must be >= 0, got {args.synth_layers}")
     config = ClassifierConfig(
         dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),
-        model=args.model, method=args.method, layers=args.layers, width=args.width,
+        download=not args.dry_run, model=args.model, method=args.method, layers=args.layers, width=args.width,
         synth_layers=args.synth_layers, synth_width=args.synth_width, dry_run=args.dry_run,
         train=TrainConfig(
             epochs=args.epochs, steps=DRY_RUN_STEPS if args.dry_run else args.steps, batch_size=args.batch_size,
@@ -168,9 +169,8 @@ def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
                          device=resolve_device(args.device), progress=False,
                          **({"steps": DRY_RUN_STEPS} if args.dry_run else {}))
     config.data_dir = str(resolve_data_dir("mnist", args.data_dir, environ))
-    config.dry_run = args.dry_run
+    config.dry_run, config.download = args.dry_run, not args.dry_run
     run_dir = prepare_run_dir(args.out, f"gist-{method}", args.force)
-    torch.set_num_threads(1)  # batches of 10 through a 784-100-10 net: threads cost more than they give
     losses: list[float] = []
 
     def on_record(record: dict[str, Any]) -> None:
@@ -181,7 +181,12 @@ def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
         if step % 100 == 0:
             print(f"\titeration {step}: smooth_loss {smooth(losses)[-1]:.3f}, synth_loss {record['sg/loss/0']:.3f}")
 
-    summary = run_experiment(config, run_dir, model_builder=build_gist_model, on_record=on_record)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batches of 10 through a 784-100-10 net: threads cost more than they give
+    try:
+        summary = run_experiment(config, run_dir, model_builder=build_gist_model, on_record=on_record)
+    finally:
+        torch.set_num_threads(threads)
     _report(summary, run_dir, plot_run(run_dir))
 
 

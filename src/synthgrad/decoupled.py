@@ -8,7 +8,7 @@ backpropagated through the next block. Chaining interfaces produces exactly that
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -53,6 +53,10 @@ class DecoupledSequential(nn.Module):
             for index, synthesizer in enumerate(synthesizers)
             if synthesizer is not None
         })
+
+    def named_cuts(self) -> Iterator[tuple[str, BackwardInterface]]:
+        """Each cut named by the index of the block whose output it cuts, bottom first."""
+        return iter(self.interfaces.items())  # type: ignore[arg-type]
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         for index, block in enumerate(self.blocks):

@@ -59,6 +59,16 @@ class BackwardInterface(nn.Module):
         return f"pass_target_grad={self.pass_target_grad}"
 
 
+def named_backward_interfaces(model: nn.Module) -> list[tuple[str, BackwardInterface]]:
+    """Every cut in ``model`` with its name, in registration order, for metric keys such as
+    ``sg/cos/<name>``. A model names its own cuts by defining ``named_cuts()`` (``DecoupledSequential``
+    names each by the index of the block it cuts); otherwise a cut is named by its module path."""
+    named_cuts = getattr(model, "named_cuts", None)
+    if callable(named_cuts):
+        return list(named_cuts())
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, BackwardInterface)]
+
+
 def backward_interfaces(model: nn.Module) -> list[BackwardInterface]:
     """Every BackwardInterface in ``model``, in registration order (bottom cut first for
     ``DecoupledSequential``)."""

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
+
+from synthgrad.errors import SynthgradError
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.pt"
+FINAL_CHECKPOINT = "final.pt"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SAMPLES_FILE, FINAL_CHECKPOINT)
+"""Every file a run writes besides its figures (``*.png``)."""
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -44,12 +49,23 @@ class MetricsLog:
         self.close()
 
 
-def read_metrics(run_dir: Path) -> Iterator[dict[str, Any]]:
-    """The records of ``RUN_DIR/metrics.jsonl`` in order."""
-    with (Path(run_dir) / METRICS_FILE).open() as file:
-        for line in file:
-            if line.strip():
-                yield json.loads(line)
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``RUN_DIR/metrics.jsonl`` in order.
+
+    A half-written last line (the run was killed while writing it) is left out; a broken line
+    anywhere else means the file was damaged, and raises ``SynthgradError`` naming it.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise SynthgradError(f"{path} line {number} is not valid JSON: the file is damaged") from None
+    return records
 
 
 LOSS_SMOOTHING = 0.95

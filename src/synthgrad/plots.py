@@ -21,6 +21,7 @@ from synthgrad.errors import SynthgradError  # noqa: E402
 from synthgrad.metrics import METRICS_FILE, SAMPLES_FILE, read_metrics, smooth  # noqa: E402
 
 MAX_UNITS_SHOWN = 50
+MAX_EXAMPLES_SHOWN = 32
 
 
 def plot_run(run_dir: Path) -> list[Path]:
@@ -28,11 +29,12 @@ def plot_run(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
         raise SynthgradError(f"{run_dir} has no {METRICS_FILE}: pass the directory of a synthgrad run (its --out)")
-    records = list(read_metrics(run_dir))
+    records = read_metrics(run_dir)
     if not records:
         raise SynthgradError(f"{run_dir / METRICS_FILE} is empty: the run wrote no metrics yet")
     written = [_plot_loss(records, run_dir / "loss.png"), _plot_accuracy(records, run_dir / "accuracy.png")]
-    cuts = sorted({int(key.split("/")[-1]) for record in records for key in record if key.startswith("sg/cos/")})
+    cuts = list(dict.fromkeys(key.removeprefix("sg/cos/") for record in records for key in record
+                              if key.startswith("sg/cos/")))
     if cuts:
         written.append(_plot_synthetic_gradients(records, cuts, run_dir / "synthetic_gradients.png"))
     if (run_dir / SAMPLES_FILE).is_file():
@@ -77,7 +79,7 @@ def _plot_accuracy(records: list[dict], path: Path) -> Path:
     return _save(figure, path)
 
 
-def _plot_synthetic_gradients(records: list[dict], cuts: list[int], path: Path) -> Path:
+def _plot_synthetic_gradients(records: list[dict], cuts: list[str], path: Path) -> Path:
     figure, (cosine_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4))
     for cut in cuts:
         cosine_axes.plot(*_series(records, f"sg/cos/{cut}"), label=f"cut {cut}")
@@ -92,15 +94,16 @@ def _plot_synthetic_gradients(records: list[dict], cuts: list[int], path: Path) 
 
 def _plot_gradients(samples: dict, path: Path) -> Path:
     pairs = list(zip(samples["true_grads"], samples["synthetic_grads"]))
-    figure, axes = plt.subplots(len(pairs), 2, figsize=(10, 2.5 * len(pairs)), squeeze=False)
-    for cut, (true_grad, synthetic_grad) in enumerate(pairs):
-        true_grad = true_grad.flatten(1)[:, :MAX_UNITS_SHOWN]  # (B, units shown)
-        synthetic_grad = synthetic_grad.flatten(1)[:, :MAX_UNITS_SHOWN]
+    figure, axes = plt.subplots(len(pairs), 2, figsize=(10, 2.8 * len(pairs)), squeeze=False,
+                                layout="constrained")
+    for row, (name, (true_grad, synthetic_grad)) in enumerate(zip(samples["cuts"], pairs)):
+        true_grad = true_grad.flatten(1)[:MAX_EXAMPLES_SHOWN, :MAX_UNITS_SHOWN]  # (examples, units) shown
+        synthetic_grad = synthetic_grad.flatten(1)[:MAX_EXAMPLES_SHOWN, :MAX_UNITS_SHOWN]
         limit = max(true_grad.abs().max().item(), synthetic_grad.abs().max().item(), 1e-12)
         for column, (title, grad) in enumerate((("True", true_grad), ("Synthetic", synthetic_grad))):
-            image = axes[cut, column].imshow(grad.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-            axes[cut, column].set(title=f"{title} gradient dL/dh, cut {cut}", xlabel="unit", ylabel="example")
-        figure.colorbar(image, ax=axes[cut].tolist())
+            image = axes[row, column].imshow(grad.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+            axes[row, column].set(title=f"{title} gradient B·dL/dh, cut {name}", xlabel="unit", ylabel="example")
+        figure.colorbar(image, ax=axes[row].tolist(), shrink=0.9)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

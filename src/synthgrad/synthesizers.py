@@ -54,7 +54,20 @@ def _zero_(layer: nn.Module) -> nn.Module:
     return layer
 
 
-class MLPSynthesizer(Synthesizer):
+class _DenseSynthesizer(Synthesizer):
+    """A synthesizer whose ``net`` maps ``[flattened activation, context]`` to the flattened gradient."""
+
+    net: nn.Sequential
+
+    def forward(self, activation: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        self._check_context(activation, context)
+        x = activation.flatten(1)  # (B, dim)
+        if context is not None:
+            x = torch.cat([x, context.to(x.dtype)], dim=1)  # (B, dim + context_dim)
+        return self.net(x).view_as(activation)
+
+
+class MLPSynthesizer(_DenseSynthesizer):
     """Fully connected synthesizer for activations ``(B, dim)``: ``num_hidden_layers`` hidden layers of
     ``hidden_dim`` units with ReLU (and BatchNorm when ``batch_norm``), then a zero-initialised linear
     output. With ``num_hidden_layers=0`` it is a single linear map, the paper's cDNI synthesizer.
@@ -76,7 +89,6 @@ class MLPSynthesizer(Synthesizer):
                 f"need dim > 0, hidden_dim > 0 and num_hidden_layers >= 0; got dim={dim}, "
                 f"hidden_dim={hidden_dim}, num_hidden_layers={num_hidden_layers}"
             )
-        self.dim = dim
         layers: list[nn.Module] = []
         width = dim + context_dim
         for _ in range(num_hidden_layers):
@@ -88,20 +100,26 @@ class MLPSynthesizer(Synthesizer):
         layers.append(_zero_(nn.Linear(width, dim)))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, activation: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        self._check_context(activation, context)
-        x = activation.flatten(1)  # (B, dim)
-        if context is not None:
-            x = torch.cat([x, context.to(x.dtype)], dim=1)  # (B, dim + context_dim)
-        return self.net(x).view_as(activation)
 
+class LinearSynthesizer(_DenseSynthesizer):
+    """A zero-initialised linear map ``[activation, context] -> gradient``: the paper's cDNI synthesizer,
+    and the seed gist's.
 
-class LinearSynthesizer(MLPSynthesizer):
-    """A single zero-initialised linear map ``[activation, context] -> gradient``: the paper's cDNI
-    synthesizer, and the seed gist's."""
+    ``rank`` factors the map through ``rank`` dimensions (two linear layers, no nonlinearity), which
+    costs ``rank * (2 * dim + context_dim)`` multiply-adds per example instead of ``dim * (dim +
+    context_dim)``. The gradient of a C-class loss at the top cut lies in a C-dimensional subspace
+    (the rows of the output layer), and the gradients below inherit most of that structure, so a small
+    rank loses little.
+    """
 
-    def __init__(self, dim: int, *, context_dim: int = 0) -> None:
-        super().__init__(dim, num_hidden_layers=0, context_dim=context_dim)
+    def __init__(self, dim: int, *, context_dim: int = 0, rank: Optional[int] = None) -> None:
+        super().__init__(context_dim)
+        if rank is not None and rank <= 0:
+            raise ValueError(f"rank must be positive, got {rank}")
+        if rank is None:
+            self.net = nn.Sequential(_zero_(nn.Linear(dim + context_dim, dim)))
+        else:
+            self.net = nn.Sequential(nn.Linear(dim + context_dim, rank), _zero_(nn.Linear(rank, dim)))
 
 
 class ConvSynthesizer(Synthesizer):

@@ -14,6 +14,7 @@ from torch import nn
 
 from synthgrad.data import IDX_DATASETS, load_idx_dataset
 from synthgrad.decoupled import DecoupledSequential
+from synthgrad.errors import SynthgradError
 from synthgrad.metrics import CONFIG_FILE, SAMPLES_FILE, SUMMARY_FILE, write_json
 from synthgrad.probe import gradient_snapshot
 from synthgrad.synthesizers import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, Synthesizer
@@ -185,6 +186,9 @@ def run_experiment(
                                                 dry_run=config.dry_run)
     if note:
         on_note(note)
+    if config.train.batch_size > len(train_split.labels):
+        raise SynthgradError(f"--batch-size {config.train.batch_size} is larger than the {len(train_split.labels)} "
+                             f"training examples of this {config.dataset} run; choose a smaller batch size")
     torch.manual_seed(config.train.seed)
     model = model_builder(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -209,8 +213,9 @@ def _samples(model: DecoupledSequential, test_split: Split, config: TrainConfig,
     with torch.no_grad():
         predictions = model(inputs[:count]).argmax(dim=1)
     model.train()
-    pairs = gradient_snapshot(model, inputs, labels, context=context) if len(model.interfaces) else []
+    pairs = gradient_snapshot(model, inputs, labels, context=context) if len(model.interfaces) else {}
     return {
         "images": inputs[:count].cpu(), "labels": labels[:count].cpu(), "predictions": predictions.cpu(),
-        "synthetic_grads": [synthetic for synthetic, _ in pairs], "true_grads": [true for _, true in pairs],
+        "cuts": list(pairs), "synthetic_grads": [synthetic for synthetic, _ in pairs.values()],
+        "true_grads": [true for _, true in pairs.values()],
     }
