@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common import base_parser, data_dir, median, run, write_table
 
-from synthgrad.experiments.mnist import ClassifierConfig
+from synthgrad.experiments.mnist import ClassifierConfig, default_decoupled_lr
 from synthgrad.trainer import TrainConfig
 
 METHODS = ("backprop", "dni", "cdni")
@@ -26,7 +26,7 @@ def main() -> None:
         summaries = []
         for seed in args.seeds:
             train = TrainConfig(epochs=args.epochs, use_context=method == "cdni", seed=seed, progress=False,
-                                steps=3 if args.dry_run else None)
+                                decoupled_lr=default_decoupled_lr(method), steps=3 if args.dry_run else None)
             config = ClassifierConfig(method=method, data_dir=data_dir(args), dry_run=args.dry_run, train=train)
             summaries.append(run(config, args.runs / f"mnist-mlp-{method}-seed{seed}"))
         cosines = [key for key in sorted(summaries[0]) if key.startswith("sg/cos/")]

@@ -116,3 +116,11 @@ def test_wrong_number_of_synthesizers_is_a_clear_error():
         DecoupledSequential(make_blocks(), [None, None])
     with pytest.raises(ValueError, match="at least one block"):
         DecoupledSequential([], [])
+
+
+def test_decoupled_parameters_are_the_blocks_below_the_top_cut():
+    model = DecoupledSequential(make_blocks(), [LinearSynthesizer(16), None, None])
+    assert [id(p) for p in model.decoupled_parameters()] == [id(p) for p in model.blocks[0].parameters()]
+    model = DecoupledSequential(make_blocks(), [None, LinearSynthesizer(16), None])  # block 0 learns through block 1
+    assert [id(p) for p in model.decoupled_parameters()] == [id(p) for b in model.blocks[:2] for p in b.parameters()]
+    assert list(DecoupledSequential(make_blocks(), [None, None, None]).decoupled_parameters()) == []

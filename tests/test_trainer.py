@@ -18,7 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from synthgrad import DecoupledSequential, LinearSynthesizer, block_parameters, synthesizer_parameters
 from synthgrad.experiments.mnist import build_mlp, load_splits
-from synthgrad.trainer import Split, TrainConfig, evaluate, train
+from synthgrad.trainer import Split, TrainConfig, evaluate, make_optimizer, train
 
 DIM, HIDDEN, NUM_CLASSES = 20, 32, 2
 
@@ -293,3 +293,15 @@ def test_cdni_mlp_learns_mnist_in_500_steps(tmp_path):
     assert summary["test_acc"] >= 0.93
     # Every cut's synthetic gradient points along its target (measured 0.82-0.85 at every cut).
     assert all(summary[f"sg/cos/{cut}"] > 0.5 for cut in range(3))
+
+
+def test_decoupled_lr_gives_the_blocks_below_the_top_cut_their_own_group():
+    model = _model()
+    optimizer = make_optimizer(model, _config(lr=0.1, synth_lr=0.01, decoupled_lr=0.001))
+    lrs = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    assert {lrs[id(p)] for p in model.decoupled_parameters()} == {0.001}
+    assert {lrs[id(p)] for p in model.blocks[-1].parameters()} == {0.1}
+    assert {lrs[id(p)] for p in synthesizer_parameters(model)} == {0.01}
+    assert len(lrs) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="decoupled_lr needs a DecoupledSequential"):
+        make_optimizer(torch.nn.Linear(3, 2), _config(decoupled_lr=0.001))

@@ -17,7 +17,16 @@ import torch
 
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.gist import build_gist_model, gist_config
-from synthgrad.experiments.mnist import DATASETS, DRY_RUN_STEPS, METHODS, MODELS, ClassifierConfig, run_experiment
+from synthgrad.experiments.mnist import (
+    DATASETS,
+    DNI_DECOUPLED_LR,
+    DRY_RUN_STEPS,
+    METHODS,
+    MODELS,
+    ClassifierConfig,
+    default_decoupled_lr,
+    run_experiment,
+)
 from synthgrad.metrics import RUN_FILES, SUMMARY_FILE, smooth
 from synthgrad.plots import plot_run
 from synthgrad.trainer import OPTIMIZERS, LR_SCHEDULES, TrainConfig
@@ -78,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive(float), default=train_defaults.lr, help="learning rate of the blocks")
     train.add_argument("--synth-lr", type=_positive(float), default=train_defaults.synth_lr,
                        help="learning rate of the synthesizers")
-    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=train_defaults.optimizer)
+    train.add_argument("--decoupled-lr", type=_positive(float),
+                       help="learning rate of the blocks below the top cut, which learn from synthetic gradients "
+                       f"(default {DNI_DECOUPLED_LR:g} for dni, else --lr)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=train_defaults.optimizer)
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train_defaults.lr_schedule)
     _add_common_arguments(train)
 
@@ -147,7 +159,7 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
         train=TrainConfig(
             epochs=args.epochs, steps=DRY_RUN_STEPS if args.dry_run else args.steps, batch_size=args.batch_size,
             lr=args.lr, synth_lr=args.synth_lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
-            use_context=args.method == "cdni", seed=args.seed, device=resolve_device(args.device),
+            decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method), use_context=args.method == "cdni", seed=args.seed, device=resolve_device(args.device),
             progress=not args.no_progress,
         ),
     )

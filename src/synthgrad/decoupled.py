@@ -54,6 +54,12 @@ class DecoupledSequential(nn.Module):
             if synthesizer is not None
         })
 
+    def decoupled_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the blocks below the top cut: the ones that learn from synthetic gradients."""
+        top_cut = max((int(index) for index in self.interfaces), default=-1)
+        for block in self.blocks[:top_cut + 1]:
+            yield from block.parameters()
+
     def named_cuts(self) -> Iterator[tuple[str, BackwardInterface]]:
         """Each cut named by the index of the block whose output it cuts, bottom first."""
         return iter(self.interfaces.items())  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from synthgrad.decoupled import DecoupledSequential
 from synthgrad.functional import gradient_cosine, synthesizer_loss
 from synthgrad.interfaces import block_parameters, named_backward_interfaces, synthesizer_parameters
 from synthgrad.metrics import FINAL_CHECKPOINT, MetricsLog
@@ -33,6 +34,11 @@ class Split(NamedTuple):
 class TrainConfig:
     """Knobs of the training loop. ``steps``, when set, overrides ``epochs``.
 
+    ``decoupled_lr`` (a ``DecoupledSequential`` only) is the learning rate of the blocks below the top
+    cut, which learn from synthetic gradients; ``None`` means ``lr``. Steps along a synthetic gradient
+    are only as good as its direction: unconditioned DNI learns best when those blocks move more slowly
+    than the top block, which follows the true gradient.
+
     ``lr_schedule="cosine"`` anneals every learning rate to zero over the run: late in training the
     synthesizers' targets keep moving, and a decaying step size is what keeps the final accuracy at
     the best epoch's instead of drifting away from it.
@@ -43,6 +49,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     synth_lr: float = 1e-3
+    decoupled_lr: Optional[float] = None
     optimizer: str = "adam"
     momentum: float = 0.0
     lr_schedule: str = "cosine"
@@ -56,13 +63,23 @@ class TrainConfig:
     progress: bool = True
 
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """One optimizer, two param groups: blocks at ``lr``, synthesizers at ``synth_lr``."""
-    groups = [{"params": list(block_parameters(model)), "lr": config.lr}]
+    """One optimizer with a param group per learning rate: blocks at ``lr`` (those below the top cut
+    at ``decoupled_lr`` when set), synthesizers at ``synth_lr``."""
+    decoupled: list[nn.Parameter] = []
+    if config.decoupled_lr is not None:
+        if not isinstance(model, DecoupledSequential):
+            raise ValueError("decoupled_lr needs a DecoupledSequential, which knows which blocks are below a cut")
+        decoupled = list(model.decoupled_parameters())
+    decoupled_ids = {id(param) for param in decoupled}
+    groups = [{"params": [param for param in block_parameters(model) if id(param) not in decoupled_ids],
+               "lr": config.lr}]
+    if decoupled:
+        groups.append({"params": decoupled, "lr": config.decoupled_lr})
     synth_params = list(synthesizer_parameters(model))
     if synth_params:
         groups.append({"params": synth_params, "lr": config.synth_lr})
@@ -157,7 +174,7 @@ def train(
     ``on_record`` is called with every metrics record as it is written (e.g. to print it).
     """
     if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {config.optimizer!r}")
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     if config.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
     num_examples = len(train_split.labels)
