@@ -6,14 +6,10 @@ repository). Everything else uses tiny IDX files written to tmp_path and an HTTP
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import os
-import socket
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +25,7 @@ from synthgrad.data import (
     load_idx_dataset,
     load_idx_files,
     read_idx,
+    verify_file,
 )
 
 # From shared/data/README.md.
@@ -87,42 +84,6 @@ def _tiny_spec(mirrors: tuple[str, ...] = (), contents: dict[str, bytes] = TINY)
         test_images=file("t10k-images-idx3-ubyte"),
         test_labels=file("t10k-labels-idx1-ubyte"),
     )
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep a CI proxy setting from routing the loopback test server through a proxy."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
-@pytest.fixture
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """An HTTP server on 127.0.0.1 serving the files in the yielded folder at the yielded base URL."""
-    served = tmp_path_factory.mktemp("served")  # apart from tmp_path, which tests list
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    handler = functools.partial(QuietHandler, directory=str(served))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    # A short poll interval so shutdown() returns at once instead of after the default 0.5 s.
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/", served
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
-
-
-@pytest.fixture
-def closed_url() -> str:
-    """A loopback URL nobody listens on, so connecting is refused at once (an offline mirror)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
 
 
 # --- real MNIST ----------------------------------------------------------------------------------
@@ -340,3 +301,41 @@ def test_download_rejects_non_gzip_body(tmp_path: Path, server) -> None:
     with pytest.raises(DatasetError, match="not a valid gzip file"):
         download_file([base_url + "page.gz"], tmp_path / "page.gz", sha256="0" * 64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_archive_checksum_is_of_its_compressed_bytes(tmp_path: Path, server) -> None:
+    base_url, served = server
+    compressed = gzip.compress(b"an archive")
+    (served / "archive.tar.gz").write_bytes(compressed)
+    md5 = hashlib.md5(compressed).hexdigest()
+    dest = download_file(
+        [base_url + "archive.tar.gz"], tmp_path / "archive.tar.gz", md5=md5, decompress=False
+    )
+    assert dest.read_bytes() == compressed
+    # By default a `.gz` name means the checksum is of the decompressed content, which differs.
+    with pytest.raises(DatasetError, match=rf"got 10 bytes with md5 [0-9a-f]+, expected md5 {md5}"):
+        download_file([base_url + "archive.tar.gz"], tmp_path / "again.tar.gz", md5=md5)
+    assert os.listdir(tmp_path) == ["archive.tar.gz"]
+
+
+def test_download_needs_exactly_one_checksum(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="exactly one of sha256= and md5="):
+        download_file(["http://127.0.0.1:9/x"], tmp_path / "x", sha256="0" * 64, md5="0" * 32)
+    with pytest.raises(TypeError, match="exactly one of sha256= and md5="):
+        download_file(["http://127.0.0.1:9/x"], tmp_path / "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_file_on_disk(tmp_path: Path) -> None:
+    data = TINY["train-labels-idx1-ubyte"]
+    path = _write(tmp_path / "labels.gz", data)
+    verify_file(path, sha256=_sha256(data), size=len(data))  # of the decompressed content
+    verify_file(path, md5=hashlib.md5(path.read_bytes()).hexdigest(), decompress=False)
+    with pytest.raises(
+        DatasetError,
+        match=rf"labels\.gz is corrupt or truncated: got {len(data)} bytes with sha256 "
+        rf"{_sha256(data)}, expected sha256 0+\. Delete it so it is downloaded again\.",
+    ):
+        verify_file(path, sha256="0" * 64)
+    with pytest.raises(DatasetError, match=r"cannot read .*missing\.gz"):
+        verify_file(tmp_path / "missing.gz", sha256="0" * 64)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.gist import build_gist_model, gist_config
@@ -142,7 +143,7 @@ def prepare_run_dir(out: Optional[Path], default_name: str, force: bool) -> Path
 
 
 def _report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> None:
-    cosines = [f"{value:.2f}" for key, value in sorted(summary.items()) if key.startswith("sg/cos/")]
+    cosines = [f"{value:.2f}" for key, value in summary.items() if key.startswith("sg/cos/")]
     print(f"test accuracy {summary['test_acc']:.4f} (best {summary['best_test_acc']:.4f}) after "
           f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training"
           + (f"; synthetic-gradient cosine per cut: {', '.join(cosines)}" if cosines else ""))
@@ -158,9 +159,9 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
         synth_layers=args.synth_layers, synth_width=args.synth_width, dry_run=args.dry_run,
         train=TrainConfig(
             epochs=args.epochs, steps=DRY_RUN_STEPS if args.dry_run else args.steps, batch_size=args.batch_size,
-            lr=args.lr, synth_lr=args.synth_lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
-            decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method), use_context=args.method == "cdni", seed=args.seed, device=resolve_device(args.device),
-            progress=not args.no_progress,
+            lr=args.lr, synth_lr=args.synth_lr, decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method),
+            optimizer=args.optimizer, lr_schedule=args.lr_schedule, use_context=args.method == "cdni",
+            seed=args.seed, device=resolve_device(args.device), progress=not args.no_progress,
         ),
     )
     run_dir = prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force)
@@ -168,8 +169,8 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     def on_record(record: dict[str, Any]) -> None:
         if "test/acc" in record:
             cosines = " ".join(f"{value:.2f}" for key, value in record.items() if key.startswith("sg/cos/"))
-            print(f"epoch {record['epoch']:.2f}: train loss {record['train/loss']:.4f}, test accuracy "
-                  f"{record['test/acc']:.4f}" + (f", sg cosine {cosines}" if cosines else ""), file=sys.stderr)
+            tqdm.write(f"epoch {record['epoch']:.2f}: train loss {record['train/loss']:.4f}, test accuracy "
+                       f"{record['test/acc']:.4f}" + (f", sg cosine {cosines}" if cosines else ""), file=sys.stderr)
 
     summary = run_experiment(config, run_dir, on_record=on_record)
     _report(summary, run_dir, plot_run(run_dir))

@@ -64,6 +64,7 @@ class TrainConfig:
 
 
 OPTIMIZERS = ("adam", "sgd")
+PROGRESS_KEYS = ("train/loss", "train/acc", "test/acc")
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -131,6 +132,12 @@ class _CutStatistics:
             handle.remove()
 
 
+def _epoch_order(seed: int, epoch: int, num_examples: int) -> Tensor:
+    """The order of the training examples in ``epoch``: a permutation from a generator seeded by
+    (seed, epoch), so the batch of any step follows from the step number alone."""
+    return torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``split`` in eval mode (cuts are identities)."""
@@ -195,73 +202,64 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total_steps))
     synth_params = list(synthesizer_parameters(model))
     cut_statistics = _CutStatistics(model)
-    order = torch.Generator().manual_seed(config.seed)
 
     best_acc, last_record, train_seconds = 0.0, {}, 0.0
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     progress = tqdm(total=total_steps, disable=not config.progress, unit="step", dynamic_ncols=True)
     with MetricsLog(run_dir) as log:
-        def emit(record: dict[str, Any]) -> None:
-            log.write(record)
-            last_record.update(record)
-            if on_record is not None:
-                on_record(record)
+        for step in range(total_steps):
+            epoch, batch = divmod(step, steps_per_epoch)
+            if batch == 0:
+                order = _epoch_order(config.seed, epoch, num_examples).to(device)
+            started = time.perf_counter()
+            index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+            inputs, labels = train_inputs[index], train_labels[index]
+            context = nn.functional.one_hot(labels, config.num_classes).float() if config.use_context else None
+            logits = model(inputs, context) if config.use_context else model(inputs)
+            loss = nn.functional.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step % config.synth_every != 0:
+                for param in synth_params:
+                    param.grad = None  # optimizers skip parameters without a gradient
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds += time.perf_counter() - started
+            progress.update()
 
-        step = 0
-        while step < total_steps:
-            permutation = torch.randperm(num_examples, generator=order).to(device)
-            for batch in range(steps_per_epoch):
-                if step == total_steps:
-                    break
-                started = time.perf_counter()
-                index = permutation[batch * config.batch_size:(batch + 1) * config.batch_size]
-                inputs, labels = train_inputs[index], train_labels[index]
-                context = (nn.functional.one_hot(labels, config.num_classes).float()
-                           if config.use_context else None)
-                logits = model(inputs, context) if config.use_context else model(inputs)
-                loss = nn.functional.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if step % config.synth_every != 0:
-                    for param in synth_params:
-                        param.grad = None  # optimizers skip parameters without a gradient
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                loss_sum += loss.detach() * len(labels)
-                correct += (logits.argmax(dim=1) == labels).sum()
-                seen += len(labels)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                train_seconds += time.perf_counter() - started
-                progress.update()
-
-                if step % config.log_every == 0 or step % eval_every == 0 or step == total_steps:
-                    record = {"step": step, "epoch": step / steps_per_epoch,
-                              "train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen,
-                              **cut_statistics.pop()}
-                    loss_sum.zero_(), correct.zero_()
-                    seen = 0
-                    if step % eval_every == 0 or step == total_steps:
-                        test = evaluate(model, test_split)
-                        record.update({"test/loss": test["loss"], "test/acc": test["acc"]})
-                        best_acc = max(best_acc, test["acc"])
-                    emit(record)
-                    progress.set_postfix({key.split("/")[-1] if key.startswith("train") else key: f"{value:.3f}"
-                                          for key, value in record.items()
-                                          if key in ("train/loss", "train/acc", "test/acc")})
+            done = step + 1
+            is_eval = done % eval_every == 0 or done == total_steps
+            if done % config.log_every == 0 or is_eval:
+                record = {"step": done, "epoch": done / steps_per_epoch, "train/loss": loss_sum.item() / seen,
+                          "train/acc": correct.item() / seen, **cut_statistics.pop()}
+                loss_sum.zero_(), correct.zero_()
+                seen = 0
+                if is_eval:
+                    test = evaluate(model, test_split)
+                    record.update({"test/loss": test["loss"], "test/acc": test["acc"]})
+                    best_acc = max(best_acc, test["acc"])
+                log.write(record)
+                last_record.update(record)
+                if on_record is not None:
+                    on_record(record)
+                progress.set_postfix({key: f"{record[key]:.3f}" for key in PROGRESS_KEYS if key in record})
     progress.close()
     cut_statistics.remove()
     save_checkpoint(run_dir / FINAL_CHECKPOINT, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
+        "scheduler": scheduler.state_dict(), "step": total_steps, "config": asdict(config),
     })
     return {
         "test_acc": last_record["test/acc"],
         "best_test_acc": best_acc,
         "test_loss": last_record["test/loss"],
         "train_seconds": train_seconds,
-        "steps": step,
-        "epochs": step / steps_per_epoch,
+        "steps": total_steps,
+        "epochs": total_steps / steps_per_epoch,
         **{key: value for key, value in last_record.items() if key.startswith("sg/")},
     }

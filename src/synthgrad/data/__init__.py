@@ -1,18 +1,23 @@
-"""Dataset loading: download with verification, IDX decoding, the MNIST-family registry."""
+"""Dataset loading: download with verification, IDX and CIFAR-10 decoding, a registry by name."""
 
-from synthgrad.data.download import DEFAULT_TIMEOUT_S, download_file
+from synthgrad.data.cifar10 import CIFAR10_SPEC, Cifar10Spec, load_cifar10, load_cifar10_files
+from synthgrad.data.download import DEFAULT_TIMEOUT_S, download_file, verify_file
 from synthgrad.data.errors import DatasetError
 from synthgrad.data.idx import read_idx
 from synthgrad.data.idx_datasets import (
     IDX_DATASETS,
     IdxDatasetSpec,
     IdxFile,
-    ImageSplits,
     load_idx_dataset,
     load_idx_files,
 )
+from synthgrad.data.registry import DATASET_NAMES, load_dataset
+from synthgrad.data.splits import ImageSplits
 
 __all__ = [
+    "CIFAR10_SPEC",
+    "Cifar10Spec",
+    "DATASET_NAMES",
     "DEFAULT_TIMEOUT_S",
     "DatasetError",
     "IDX_DATASETS",
@@ -20,7 +25,11 @@ __all__ = [
     "IdxFile",
     "ImageSplits",
     "download_file",
+    "load_cifar10",
+    "load_cifar10_files",
+    "load_dataset",
     "load_idx_dataset",
     "load_idx_files",
     "read_idx",
+    "verify_file",
 ]

@@ -1,4 +1,4 @@
-"""Download one file from a list of mirrors, verified, atomically.
+"""Download one file from a list of mirrors, verified, atomically; verify a file already on disk.
 
 Nothing half-written is ever left at the destination or beside it: the bytes go to a temporary
 file in the destination's directory, which is fsynced, verified and only then renamed over the
@@ -6,7 +6,8 @@ destination (`os.replace` is atomic within a directory), and removed on any fail
 
 For a `.gz` destination the checksum is of the decompressed content, because mirrors re-wrap
 gzip files (a different timestamp or compression level changes the compressed bytes but not the
-data), so a checksum of the compressed bytes would reject good copies.
+data), so a checksum of the compressed bytes would reject good copies. A `.tar.gz` archive is the
+other way round: its publisher gives a checksum of the compressed bytes; pass `decompress=False`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def download_file(
     urls: Sequence[str],
     dest: str | os.PathLike,
     *,
-    sha256: str,
+    sha256: str | None = None,
+    md5: str | None = None,
     size: int | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    decompress: bool | None = None,
 ) -> Path:
     """Fetch `dest` from the first of `urls` that serves the expected content.
 
@@ -54,11 +57,14 @@ def download_file(
 
     Args:
         urls: mirrors of the same file, tried in order.
-        dest: where the file lands. If its name ends in `.gz`, `sha256` and `size` describe the
-            decompressed content.
-        sha256: hex sha256 of the (decompressed) content.
+        dest: where the file lands.
+        sha256: hex sha256 of the (decompressed) content. Give exactly one of `sha256` and `md5`.
+        md5: hex md5 of the (decompressed) content, only for files whose publisher gives no
+            stronger checksum.
         size: if given, byte size of the (decompressed) content, for a clearer mismatch message.
         timeout: seconds to wait on each connection or read.
+        decompress: whether the checksum and size describe the gzip-decompressed content rather
+            than the bytes served; default: whether `dest`'s name ends in `.gz`.
 
     Returns:
         `dest` as a Path.
@@ -69,6 +75,9 @@ def download_file(
             written.
     """
     dest = Path(dest)
+    algorithm, expected = _expected_checksum(sha256, md5)
+    if decompress is None:
+        decompress = dest.suffix == ".gz"
     if not urls:
         raise DatasetError(f"no URL to download {dest.name} from; put it in {dest.parent} by hand.")
     # A unique hidden name beside dest; open(..., "x") honours the umask, unlike tempfile (0600),
@@ -88,7 +97,7 @@ def download_file(
             for url in urls:
                 try:
                     _fetch(url, handle, timeout)
-                    _verify(tmp, dest.suffix == ".gz", sha256, size)
+                    _verify(tmp, decompress, algorithm, expected, size)
                     break
                 except (_ChecksumMismatch, urllib.error.URLError, http.client.HTTPException,
                         OSError) as exc:
@@ -106,6 +115,45 @@ def download_file(
     return dest
 
 
+def verify_file(
+    path: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    size: int | None = None,
+    decompress: bool | None = None,
+) -> None:
+    """Check that a file already on disk has the expected content, as `download_file` does.
+
+    Args:
+        path: the file.
+        sha256, md5, size, decompress: as for `download_file`.
+
+    Raises:
+        DatasetError: the file cannot be read, or its content differs; the message names the file
+            and says to delete it so it is downloaded again.
+    """
+    path = Path(path)
+    algorithm, expected = _expected_checksum(sha256, md5)
+    if decompress is None:
+        decompress = path.suffix == ".gz"
+    try:
+        _verify(path, decompress, algorithm, expected, size)
+    except _ChecksumMismatch as exc:
+        raise DatasetError(
+            f"{path} is corrupt or truncated: {exc}. Delete it so it is downloaded again."
+        ) from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _expected_checksum(sha256: str | None, md5: str | None) -> tuple[str, str]:
+    """The hashlib algorithm name and the expected hex digest; exactly one must be given."""
+    if (sha256 is None) == (md5 is None):
+        raise TypeError("give exactly one of sha256= and md5=")
+    return ("sha256", sha256) if sha256 is not None else ("md5", md5)
+
+
 def _fetch(url: str, handle: BinaryIO, timeout: float) -> None:
     """Replace the temporary file's content with the body served at `url`, flushed to disk."""
     _logger.info("downloading %s", url)
@@ -118,9 +166,12 @@ def _fetch(url: str, handle: BinaryIO, timeout: float) -> None:
     os.fsync(handle.fileno())
 
 
-def _verify(path: Path, is_gzip: bool, sha256: str, size: int | None) -> None:
-    """Raise `_ChecksumMismatch` unless the (decompressed) content has this size and sha256."""
-    digest = hashlib.sha256()
+def _verify(
+    path: Path, is_gzip: bool, algorithm: str, expected_digest: str, size: int | None
+) -> None:
+    """Raise `_ChecksumMismatch` unless the (decompressed) content has this size and digest."""
+    # usedforsecurity=False: md5 only detects corruption here, and FIPS builds refuse it otherwise.
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     actual_size = 0
     try:
         with (gzip.open(path, "rb") if is_gzip else path.open("rb")) as content:
@@ -129,10 +180,13 @@ def _verify(path: Path, is_gzip: bool, sha256: str, size: int | None) -> None:
                 actual_size += len(chunk)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise _ChecksumMismatch(f"not a valid gzip file: {exc}") from exc
-    if digest.hexdigest() != sha256.lower() or (size is not None and actual_size != size):
-        expected = f"{size} bytes with sha256 {sha256}" if size is not None else f"sha256 {sha256}"
+    actual_digest = digest.hexdigest()
+    if actual_digest != expected_digest.lower() or (size is not None and actual_size != size):
+        expected = f"{algorithm} {expected_digest}"
+        if size is not None:
+            expected = f"{size} bytes with {expected}"
         raise _ChecksumMismatch(
-            f"served {actual_size} bytes with sha256 {digest.hexdigest()}, expected {expected}"
+            f"got {actual_size} bytes with {algorithm} {actual_digest}, expected {expected}"
         )
 
 

@@ -22,6 +22,7 @@ import torch
 from synthgrad.data.download import download_file
 from synthgrad.data.errors import DatasetError
 from synthgrad.data.idx import read_idx
+from synthgrad.data.splits import ImageSplits
 
 
 @dataclass(frozen=True)
@@ -48,23 +49,6 @@ class IdxDatasetSpec:
     train_labels: IdxFile
     test_images: IdxFile
     test_labels: IdxFile
-
-
-# eq=False: tensors have no single truth value, so a generated __eq__ would raise.
-@dataclass(frozen=True, eq=False)
-class ImageSplits:
-    """A dataset's train and test splits as tensors, ready to batch.
-
-    Images are uint8 (N, H, W) with pixels in [0, 255] ((N, 28, 28) for the IDX datasets); labels
-    are int64 (N,) in [0, num_classes).
-    """
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    num_classes: int
-    name: str
 
 
 def _spec(

@@ -1,0 +1,43 @@
+"""Fixtures shared by the data tests: a loopback HTTP server standing in for dataset mirrors."""
+import functools
+import http.server
+import socket
+import threading
+
+import pytest
+
+
+@pytest.fixture
+def no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a CI proxy setting from routing the loopback test server through a proxy."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+
+@pytest.fixture
+def server(tmp_path_factory: pytest.TempPathFactory, no_proxy_for_loopback):
+    """An HTTP server on 127.0.0.1 serving the files in the yielded folder at the yielded base URL."""
+    served = tmp_path_factory.mktemp("served")  # apart from tmp_path, which tests list
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    # A short poll interval so shutdown() returns at once instead of after the default 0.5 s.
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", served
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def closed_url(no_proxy_for_loopback) -> str:
+    """A loopback URL nobody listens on, so connecting is refused at once (an offline mirror)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
