@@ -7,6 +7,7 @@ from synthgrad import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, synthe
 
 ALL = [
     lambda ctx: LinearSynthesizer(6, context_dim=ctx),
+    lambda ctx: LinearSynthesizer(6, context_dim=ctx, rank=2),
     lambda ctx: MLPSynthesizer(6, hidden_dim=16, num_hidden_layers=2, context_dim=ctx, batch_norm=True),
 ]
 
@@ -47,6 +48,7 @@ def test_cdni_output_depends_on_the_label():
 
 @pytest.mark.parametrize("make", [
     lambda: LinearSynthesizer(6, context_dim=3),
+    lambda: LinearSynthesizer(6, context_dim=3, rank=6),
     lambda: MLPSynthesizer(6, hidden_dim=32, num_hidden_layers=1, context_dim=3),
 ])
 def test_synthesizer_loss_falls_on_a_fixed_batch(make):
@@ -74,5 +76,18 @@ def test_context_mistakes_are_clear_errors():
         LinearSynthesizer(4, context_dim=2)(torch.randn(3, 4), torch.randn(3, 5))
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         ConvSynthesizer(4, kernel_size=4)
+    with pytest.raises(ValueError, match="rank must be positive"):
+        LinearSynthesizer(4, rank=0)
     with pytest.raises(ValueError, match="context_dim must be >= 0"):
         LinearSynthesizer(4, context_dim=-1)
+
+
+def test_low_rank_linear_synthesizer_is_a_rank_limited_linear_map():
+    torch.manual_seed(0)
+    synthesizer = LinearSynthesizer(8, context_dim=2, rank=3)
+    nn.init.normal_(synthesizer.net[-1].weight)
+    inputs = torch.randn(20, 8)
+    context = torch.eye(2)[torch.randint(0, 2, (20,))]
+    out = synthesizer(inputs, context) - synthesizer(torch.zeros(20, 8), context)  # the activation's part
+    assert torch.linalg.matrix_rank(out) == 3
+    assert torch.allclose(synthesizer(2 * inputs, context) - synthesizer(inputs, context), out, atol=1e-5)

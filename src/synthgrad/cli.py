@@ -49,6 +49,17 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _rank(text: str) -> Optional[int]:
+    """A non-negative integer; 0 means full rank (``None``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}")
+    return value or None
+
+
 def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="directory holding the dataset's IDX files (default: "
                         f"${DATA_ENV}/<dataset>, else a per-user cache that it is downloaded into)")
@@ -81,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hidden layers of each DNI synthesizer (cDNI MLP synthesizers are linear)")
     train.add_argument("--synth-width", type=_positive(int), default=defaults.synth_width,
                        help="hidden units (MLP) or filters (CNN) of each synthesizer")
+    train.add_argument("--synth-rank", type=_rank, default=defaults.synth_rank,
+                       help="factor each cDNI MLP synthesizer's linear map through this many dimensions; "
+                       f"0 for the paper's full map (default {defaults.synth_rank})")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive(int), default=train_defaults.epochs)
     length.add_argument("--steps", type=_positive(int), help="train for this many steps instead of --epochs")
@@ -156,7 +170,8 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = ClassifierConfig(
         dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),
         download=not args.dry_run, model=args.model, method=args.method, layers=args.layers, width=args.width,
-        synth_layers=args.synth_layers, synth_width=args.synth_width, dry_run=args.dry_run,
+        synth_layers=args.synth_layers, synth_width=args.synth_width, synth_rank=args.synth_rank,
+        dry_run=args.dry_run,
         train=TrainConfig(
             epochs=args.epochs, steps=DRY_RUN_STEPS if args.dry_run else args.steps, batch_size=args.batch_size,
             lr=args.lr, synth_lr=args.synth_lr, decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method),

@@ -24,10 +24,15 @@ METHODS = ("backprop", "dni", "cdni")
 MODELS = ("mlp", "cnn")
 DATASETS = tuple(IDX_DATASETS)
 DRY_RUN_STEPS = 3
-DNI_DECOUPLED_LR = 1e-4
+CDNI_SYNTH_RANK = 32
+"""Rank of the default MLP's cDNI synthesizers (``None``: the paper's full linear map). Measured on the
+default MLP after 10 epochs: the same 98.42% test accuracy and cosine 0.70 at every cut as the full map,
+in 85% of its training time."""
+DNI_DECOUPLED_LR = 3e-5
 """Default learning rate of the blocks below the top cut under unconditioned DNI (the top block keeps
-``lr``). Measured on the default MLP after 4 epochs: 94.0% test accuracy with 1e-4, 91.3% with 3e-4,
-against 88% when every block uses 1e-3."""
+``lr``; 3e-5 is also the paper's Adam rate). Measured on the default MLP after 10 epochs (seed 0):
+96.1% test accuracy with 3e-5, 95.7% with 1e-4, 95.5% with 1e-5; with every block at 1e-3 it was at
+88.4% after 2 epochs and barely above training the output layer alone."""
 
 
 def default_decoupled_lr(method: str) -> Optional[float]:
@@ -48,6 +53,7 @@ class ClassifierConfig:
     width: int = 256
     synth_layers: int = 2
     synth_width: int = 1024
+    synth_rank: Optional[int] = CDNI_SYNTH_RANK
     dry_run: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -66,6 +72,7 @@ def build_mlp(
     width: int = 256,
     synth_hidden_layers: int = 2,
     synth_width: int = 1024,
+    synth_rank: Optional[int] = None,
 ) -> DecoupledSequential:
     """``num_layers`` hidden blocks Linear -> BatchNorm -> ReLU of ``width`` units, then a linear
     classifier, with a cut after every hidden block. Inputs ``(B, ...)`` are flattened first.
@@ -73,7 +80,7 @@ def build_mlp(
     DNI synthesizers are MLPs (``synth_hidden_layers`` of ``synth_width`` units) with BatchNorm: their
     targets shift as the network learns, and BatchNorm keeps the regression well conditioned (measured
     here: 89.5% instead of 81% test accuracy after 2 epochs). cDNI synthesizers are linear in
-    [activation, one-hot label], as in the paper.
+    [activation, one-hot label], as in the paper, factored through ``synth_rank`` dimensions when set.
     """
     _check_method(method)
     if num_layers < 1:
@@ -87,7 +94,7 @@ def build_mlp(
             return MLPSynthesizer(width, hidden_dim=synth_width, num_hidden_layers=synth_hidden_layers,
                                   batch_norm=True)
         if method == "cdni":
-            return LinearSynthesizer(width, context_dim=num_classes)
+            return LinearSynthesizer(width, context_dim=num_classes, rank=synth_rank)
         return None
 
     return DecoupledSequential(blocks, [synthesizer() for _ in range(num_layers)])
@@ -141,7 +148,7 @@ def build_model(config: ClassifierConfig) -> DecoupledSequential:
     if config.model == "mlp":
         return build_mlp(config.method, num_classes=num_classes, num_layers=config.layers,
                          width=config.width, synth_hidden_layers=config.synth_layers,
-                         synth_width=config.synth_width)
+                         synth_width=config.synth_width, synth_rank=config.synth_rank)
     if config.model == "cnn":
         return build_cnn(config.method, num_classes=num_classes, synth_hidden_layers=config.synth_layers,
                          synth_width=config.synth_width)
