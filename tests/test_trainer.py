@@ -86,12 +86,20 @@ def test_decoupled_training_learns_a_separable_problem(tmp_path):
     assert model.training  # train() leaves the model in training mode, as it found it
 
 
+def test_synthesizer_statistics_only_on_every_nth_and_the_last_step(tmp_path):
+    train(_model(), _separable(320, seed=1), _separable(100, seed=2),
+          _config(steps=25, log_every=4, stats_every=10), tmp_path)
+    records = _read_records(tmp_path)
+    assert [record["step"] for record in records if "sg/cos/0" in record] == [10, 20, 25]
+    assert all(("sg/cos/1" in record) == ("sg/cos/0" in record) for record in records)
+
+
 def test_metrics_records_cadence_and_keys(tmp_path):
     """320 examples in batches of 32: 10 steps per epoch. A record every 4 steps, every epoch (with
     test metrics) and at the last step."""
     seen = []
     summary = train(_model(), _separable(320, seed=1), _separable(100, seed=2),
-                    _config(steps=25, log_every=4), tmp_path, on_record=seen.append)
+                    _config(steps=25, log_every=4, stats_every=1), tmp_path, on_record=seen.append)
     records = _read_records(tmp_path)
     assert records == seen
     assert [record["step"] for record in records] == [4, 8, 10, 12, 16, 20, 24, 25]

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--synth-layers", type=int, default=defaults.synth_layers,
                        help="hidden layers of each DNI synthesizer (cDNI MLP synthesizers are linear)")
     train.add_argument("--synth-width", type=_positive(int), default=defaults.synth_width,
-                       help="hidden units (MLP) or filters (CNN) of each synthesizer")
+                       help="hidden units (MLP) or filters (CNN) of each synthesizer (default 1024 for mlp, 64 for cnn)")
     train.add_argument("--synth-rank", type=_rank, default=defaults.synth_rank,
                        help="factor each cDNI MLP synthesizer's linear map through this many dimensions; "
                        f"0 for the paper's full map (default {defaults.synth_rank})")

@@ -50,7 +50,8 @@ class BackwardInterface(nn.Module):
 
     def register_gradient_hook(self, hook: GradientObserver) -> RemovableHandle:
         """Call ``hook(synthetic_grad, target_grad)`` (detached, per-example scale) at every backward
-        through this cut, like ``nn.Module.register_full_backward_hook``; remove it with the handle."""
+        through this cut, like ``nn.Module.register_full_backward_hook``; remove it with the handle.
+        A forward pass fixes the hooks its backward calls: register before the forward."""
         handle = RemovableHandle(self._gradient_hooks)
         self._gradient_hooks[handle.id] = hook
         return handle

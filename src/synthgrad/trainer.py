@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from synthgrad.decoupled import DecoupledSequential
@@ -39,6 +40,9 @@ class TrainConfig:
     are only as good as its direction: unconditioned DNI learns best when those blocks move more slowly
     than the top block, which follows the true gradient.
 
+    ``stats_every``: synthesizer loss and gradient cosine (``sg/*`` metrics) are measured on every n-th
+    step and the last; measuring every step would cost as much as a small synthesizer.
+
     ``lr_schedule="cosine"`` anneals every learning rate to zero over the run: late in training the
     synthesizers' targets keep moving, and a decaying step size is what keeps the final accuracy at
     the best epoch's instead of drifting away from it.
@@ -58,6 +62,7 @@ class TrainConfig:
     num_classes: int = 10
     eval_every: Optional[int] = None
     log_every: int = 50
+    stats_every: int = 10
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -98,15 +103,26 @@ def _lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 class _CutStatistics:
-    """Running means of synthesizer loss and gradient cosine at each cut, fed by gradient hooks."""
+    """Means of synthesizer loss and gradient cosine at each cut over the steps it was attached for.
+
+    ``attach()`` hooks every cut for the next backward pass; measuring costs about as much as a small
+    synthesizer, so the trainer attaches on every ``stats_every``-th step only.
+    """
 
     def __init__(self, model: nn.Module) -> None:
-        cuts = named_backward_interfaces(model)
-        self._names = [name for name, _ in cuts]
-        self._sums = [torch.zeros(2) for _ in cuts]  # (loss, cosine) per cut
-        self._counts = [0 for _ in cuts]
+        self._cuts = named_backward_interfaces(model)
+        self._sums = [torch.zeros(2) for _ in self._cuts]  # (loss, cosine) per cut
+        self._counts = [0 for _ in self._cuts]
+        self._handles: list[RemovableHandle] = []
+
+    def attach(self) -> None:
         self._handles = [interface.register_gradient_hook(self._observer(index))
-                         for index, (_, interface) in enumerate(cuts)]
+                         for index, (_, interface) in enumerate(self._cuts)]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _observer(self, index: int) -> Callable[[Tensor, Tensor], None]:
         def observe(synthetic_grad: Tensor, target_grad: Tensor) -> None:
@@ -119,17 +135,13 @@ class _CutStatistics:
     def pop(self) -> dict[str, float]:
         """The means since the last call, as ``sg/loss/<cut>`` and ``sg/cos/<cut>``; then reset."""
         record = {}
-        for index, (name, sums, count) in enumerate(zip(self._names, self._sums, self._counts)):
+        for index, ((name, _), sums, count) in enumerate(zip(self._cuts, self._sums, self._counts)):
             if count:
                 record[f"sg/loss/{name}"] = sums[0].item() / count
                 record[f"sg/cos/{name}"] = sums[1].item() / count
             sums.zero_()
             self._counts[index] = 0
         return record
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
 
 
 def _epoch_order(seed: int, epoch: int, num_examples: int) -> Tensor:
@@ -215,10 +227,15 @@ def train(
             index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
             inputs, labels = train_inputs[index], train_labels[index]
             context = nn.functional.one_hot(labels, config.num_classes).float() if config.use_context else None
+            is_measured = (step + 1) % config.stats_every == 0 or step + 1 == total_steps
+            if is_measured:
+                cut_statistics.attach()  # before forward: a cut takes its observers when it is placed
             logits = model(inputs, context) if config.use_context else model(inputs)
             loss = nn.functional.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if is_measured:
+                cut_statistics.detach()
             if step % config.synth_every != 0:
                 for param in synth_params:
                     param.grad = None  # optimizers skip parameters without a gradient
@@ -249,7 +266,6 @@ def train(
                     on_record(record)
                 progress.set_postfix({key: f"{record[key]:.3f}" for key in PROGRESS_KEYS if key in record})
     progress.close()
-    cut_statistics.remove()
     save_checkpoint(run_dir / FINAL_CHECKPOINT, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "step": total_steps, "config": asdict(config),

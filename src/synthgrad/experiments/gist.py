@@ -22,7 +22,7 @@ def gist_config(method: str = "dni", **train_overrides: object) -> ClassifierCon
     """The gist's network and optimisation settings (a constant learning rate, as it had), with
     ``train_overrides`` applied to the ``TrainConfig``."""
     settings = dict(steps=1000, batch_size=10, lr=2e-2, synth_lr=3e-3, optimizer="sgd",
-                    lr_schedule="constant", synth_every=1, eval_every=500, log_every=1,
+                    lr_schedule="constant", synth_every=1, eval_every=500, log_every=1, stats_every=1,
                     use_context=method == "cdni")
     settings.update(train_overrides)
     return ClassifierConfig(dataset="mnist", model="gist", method=method, layers=1, width=HIDDEN_DIM,

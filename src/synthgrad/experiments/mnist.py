@@ -52,7 +52,8 @@ class ClassifierConfig:
     layers: int = 3
     width: int = 256
     synth_layers: int = 2
-    synth_width: int = 1024
+    synth_width: Optional[int] = None
+    """Hidden units (MLP) or filters (CNN) of each DNI synthesizer; ``None``: the model's default."""
     synth_rank: Optional[int] = CDNI_SYNTH_RANK
     dry_run: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -144,14 +145,14 @@ def _dense(in_features: int, out_features: int) -> list[nn.Module]:
 
 def build_model(config: ClassifierConfig) -> DecoupledSequential:
     """The network that ``config.model`` and ``config.method`` name, for 28x28 single-channel images."""
-    num_classes = config.train.num_classes
+    synth_width = {} if config.synth_width is None else {"synth_width": config.synth_width}
     if config.model == "mlp":
-        return build_mlp(config.method, num_classes=num_classes, num_layers=config.layers,
+        return build_mlp(config.method, num_classes=config.train.num_classes, num_layers=config.layers,
                          width=config.width, synth_hidden_layers=config.synth_layers,
-                         synth_width=config.synth_width, synth_rank=config.synth_rank)
+                         synth_rank=config.synth_rank, **synth_width)
     if config.model == "cnn":
-        return build_cnn(config.method, num_classes=num_classes, synth_hidden_layers=config.synth_layers,
-                         synth_width=config.synth_width)
+        return build_cnn(config.method, num_classes=config.train.num_classes,
+                         synth_hidden_layers=config.synth_layers, **synth_width)
     raise ValueError(f"model must be one of {MODELS}, got {config.model!r}")
 
 
