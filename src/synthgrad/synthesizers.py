@@ -119,7 +119,8 @@ class LinearSynthesizer(_DenseSynthesizer):
         if rank is None:
             self.net = nn.Sequential(_zero_(nn.Linear(dim + context_dim, dim)))
         else:
-            self.net = nn.Sequential(nn.Linear(dim + context_dim, rank), _zero_(nn.Linear(rank, dim)))
+            # no bias in the first factor: the second one's bias already makes the map affine
+            self.net = nn.Sequential(nn.Linear(dim + context_dim, rank, bias=False), _zero_(nn.Linear(rank, dim)))
 
 
 class ConvSynthesizer(Synthesizer):
