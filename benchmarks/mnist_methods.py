@@ -26,16 +26,22 @@ VARIANTS = {  # row name -> (method, ClassifierConfig overrides)
 def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="rows to run; backprop is always run, as the time reference")
+    parser.add_argument("--name", default="mnist_methods", help="file name of the table, without .md")
     args = parser.parse_args()
-    summaries: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    variants = {name: VARIANTS[name] for name in VARIANTS if name == "backprop" or name in args.variants}
+    summaries: dict[str, list[dict]] = {name: [] for name in variants}
     for seed in args.seeds:  # every variant once per seed, so all see the same machine conditions
-        for name, (method, overrides) in VARIANTS.items():
-            train = TrainConfig(epochs=args.epochs, use_context=method == "cdni", seed=seed, progress=False,
-                                decoupled_lr=default_decoupled_lr(method), steps=3 if args.dry_run else None)
+        for name, (method, overrides) in variants.items():
+            train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, use_context=method == "cdni",
+                                seed=seed, progress=False, decoupled_lr=default_decoupled_lr(method),
+                                steps=3 if args.dry_run else None)
             config = ClassifierConfig(method=method, data_dir=data_dir(args), dry_run=args.dry_run, train=train,
                                       **overrides)
             slug = name.split(",")[0] + ("-full-rank" if "full-rank" in name else "")
-            summaries[name].append(run(config, args.runs / f"mnist-mlp-{slug}-seed{seed}"))
+            summaries[name].append(run(config, args.runs / f"mnist-mlp-{slug}-batch{args.batch_size}-seed{seed}"))
     backprop_seconds = median([s["train_seconds"] / s["epochs"] for s in summaries["backprop"]])
     rows = []
     for name, runs in summaries.items():
@@ -48,7 +54,7 @@ def main() -> None:
             f"{seconds:.2f} ({seconds / backprop_seconds:.2f}x)",
             ", ".join(f"{median([s[key] for s in runs]):.2f}" for key in cosines) or "–",
         ])
-    write_table(args.results, "mnist_methods",
+    write_table(args.results, args.name,
                 ["method", "final test acc %", "best test acc %", "s / epoch (vs backprop)",
                  "final cosine per cut (bottom first)"], rows)
 

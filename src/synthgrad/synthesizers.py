@@ -127,7 +127,13 @@ class ConvSynthesizer(Synthesizer):
     """Convolutional synthesizer for feature maps ``(B, channels, H, W)`` (paper appendix A): resolution
     preserving ``kernel_size`` convolutions, ``num_hidden_layers`` of ``hidden_channels`` filters with
     BatchNorm (when ``batch_norm``) and ReLU, then a zero-initialised convolution back to ``channels``.
-    The context is broadcast over the spatial positions as extra input channels.
+
+    A context enters twice: broadcast over the positions as extra input channels, and through a
+    zero-initialised linear map to a full ``(channels, H, W)`` map added to the output. Convolutions
+    treat every position alike, but the label's share of the true gradient (W^T y for a linear
+    classifier above) is a different pattern at each position; without the second path a cDNI conv
+    synthesizer could not express it (measured: cosine 0.01 with the true gradient after an epoch).
+    ``spatial_size`` ``(H, W)`` is therefore required with a context.
     """
 
     def __init__(
@@ -138,11 +144,14 @@ class ConvSynthesizer(Synthesizer):
         num_hidden_layers: int = 2,
         kernel_size: int = 5,
         context_dim: int = 0,
+        spatial_size: Optional[tuple[int, int]] = None,
         batch_norm: bool = True,
     ) -> None:
         super().__init__(context_dim)
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to preserve resolution, got {kernel_size}")
+        if context_dim and spatial_size is None:
+            raise ValueError("a ConvSynthesizer with a context needs spatial_size=(H, W) of its feature maps")
         padding = kernel_size // 2
         layers: list[nn.Module] = []
         width = channels + context_dim
@@ -154,12 +163,19 @@ class ConvSynthesizer(Synthesizer):
             width = hidden_channels
         layers.append(_zero_(nn.Conv2d(width, channels, kernel_size, padding=padding)))
         self.net = nn.Sequential(*layers)
+        self.map_shape = (channels, *spatial_size) if spatial_size else None
+        self.context_map = (_zero_(nn.Linear(context_dim, channels * spatial_size[0] * spatial_size[1]))
+                            if context_dim else None)
 
     def forward(self, activation: Tensor, context: Optional[Tensor] = None) -> Tensor:
         self._check_context(activation, context)
-        x = activation
-        if context is not None:
-            batch, _, height, width = activation.shape
-            planes = context.to(x.dtype)[:, :, None, None].expand(batch, self.context_dim, height, width)
-            x = torch.cat([x, planes], dim=1)  # (B, channels + context_dim, H, W)
-        return self.net(x)
+        if context is None:
+            return self.net(activation)
+        if activation.shape[1:] != self.map_shape:
+            raise ValueError(f"activation has shape {tuple(activation.shape)}, but this synthesizer was built "
+                             f"for feature maps {self.map_shape}")
+        batch, _, height, width = activation.shape
+        context = context.to(activation.dtype)
+        planes = context[:, :, None, None].expand(batch, self.context_dim, height, width)
+        output = self.net(torch.cat([activation, planes], dim=1))  # input (B, channels + context_dim, H, W)
+        return output + self.context_map(context).view(batch, *self.map_shape)

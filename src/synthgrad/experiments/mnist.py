@@ -121,22 +121,18 @@ def build_cnn(
     if not channels:
         raise ValueError("a CNN needs at least one conv block")
     blocks: list[nn.Module] = []
+    synthesizers: list[Optional[Synthesizer]] = []
     width = in_channels
     for out_channels in channels:
         blocks.append(nn.Sequential(nn.Conv2d(width, out_channels, 5, padding=2), nn.BatchNorm2d(out_channels),
                                     nn.ReLU(), nn.MaxPool2d(2)))
         width = out_channels
         image_size //= 2
+        synthesizers.append(None if method == "backprop" else ConvSynthesizer(
+            out_channels, hidden_channels=synth_width, num_hidden_layers=synth_hidden_layers,
+            context_dim=num_classes if method == "cdni" else 0, spatial_size=(image_size, image_size)))
     blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(width * image_size * image_size, num_classes)))
-
-    def synthesizer(channels_at_cut: int) -> Optional[Synthesizer]:
-        if method == "backprop":
-            return None
-        return ConvSynthesizer(channels_at_cut, hidden_channels=synth_width,
-                               num_hidden_layers=synth_hidden_layers,
-                               context_dim=num_classes if method == "cdni" else 0)
-
-    return DecoupledSequential(blocks, [synthesizer(c) for c in channels])
+    return DecoupledSequential(blocks, synthesizers)
 
 
 def _dense(in_features: int, out_features: int) -> list[nn.Module]:
