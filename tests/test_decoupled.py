@@ -15,6 +15,15 @@ def batch(size=7, seed=0):
     return torch.randn(size, 12, generator=generator), torch.randint(0, 5, (size,), generator=generator)
 
 
+def talking_synthesizers(seed: int, std: float) -> list[LinearSynthesizer]:
+    """Synthesizers for the three cuts of ``make_blocks`` whose output layer is random, not zero."""
+    torch.manual_seed(seed)
+    synthesizers = [LinearSynthesizer(16), LinearSynthesizer(16), LinearSynthesizer(8)]
+    for synthesizer in synthesizers:
+        nn.init.normal_(synthesizer.net[-1].weight, std=std)
+    return synthesizers
+
+
 def test_exact_synthesizers_give_backprop_parameter_gradients():
     x, y = batch()
     blocks = make_blocks()
@@ -57,11 +66,7 @@ def test_pass_target_grad_is_backprop_whatever_the_synthesizers_say():
     x, y = batch()
     blocks = make_blocks()
     reference, _ = backprop_reference(blocks, x, y)
-    torch.manual_seed(3)
-    synthesizers = [LinearSynthesizer(16), LinearSynthesizer(16), LinearSynthesizer(8)]
-    for synthesizer in synthesizers:  # make them say something wrong
-        nn.init.normal_(synthesizer.net[-1].weight)
-    model = DecoupledSequential(copy.deepcopy(blocks), synthesizers, pass_target_grad=True)
+    model = DecoupledSequential(copy.deepcopy(blocks), talking_synthesizers(seed=3, std=1.0), pass_target_grad=True)
     nn.functional.cross_entropy(model(x), y).backward()
     for ours, theirs in zip(model.blocks.parameters(), reference.parameters()):
         assert_close(ours.grad, theirs.grad)
@@ -72,11 +77,7 @@ def test_targets_are_true_at_the_top_and_bootstrapped_below():
     x, y = batch()
     blocks = make_blocks()
     _, true_grads = backprop_reference(blocks, x, y)
-    torch.manual_seed(4)
-    synthesizers = [LinearSynthesizer(16), LinearSynthesizer(16), LinearSynthesizer(8)]
-    for synthesizer in synthesizers:
-        nn.init.normal_(synthesizer.net[-1].weight, std=0.3)
-    model = DecoupledSequential(copy.deepcopy(blocks), synthesizers)
+    model = DecoupledSequential(copy.deepcopy(blocks), talking_synthesizers(seed=4, std=0.3))
     seen = {}
     for cut, interface in model.interfaces.items():
         interface.register_gradient_hook(lambda s, t, cut=cut: seen.setdefault(int(cut), (s, t)))
