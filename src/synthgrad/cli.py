@@ -1,12 +1,13 @@
 """``synthgrad <command>``: the only module that reads argv and the environment.
 
 Commands: ``train`` (an MNIST-family classifier, every cut decoupled), ``gist`` (the seed experiment,
-corrected) and ``plot`` (figures of a run directory). A mistake in the input prints one line and exits
+corrected), ``resume`` (continue an interrupted ``train`` run) and ``plot`` (figures of a run directory). A mistake in the input prints one line and exits
 with status 2; it never shows a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from synthgrad.checkpoints import list_checkpoints, load_latest_checkpoint
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.gist import build_gist_model, gist_config
 from synthgrad.experiments.mnist import (
@@ -25,10 +27,11 @@ from synthgrad.experiments.mnist import (
     METHODS,
     MODELS,
     ClassifierConfig,
+    classifier_config_from_dict,
     default_decoupled_lr,
     run_experiment,
 )
-from synthgrad.metrics import RUN_FILES, SUMMARY_FILE, smooth
+from synthgrad.metrics import CONFIG_FILE, RUN_FILES, SUMMARY_FILE, smooth
 from synthgrad.plots import plot_run
 from synthgrad.trainer import OPTIMIZERS, LR_SCHEDULES, TrainConfig
 
@@ -49,15 +52,19 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def _rank(text: str) -> Optional[int]:
-    """A non-negative integer; 0 means full rank (``None``)."""
+def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}")
-    return value or None
+    return value
+
+
+def _rank(text: str) -> Optional[int]:
+    """A non-negative integer; 0 means full rank (``None``)."""
+    return _non_negative_int(text) or None
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate of the blocks below the top cut, which learn from synthetic gradients "
                        f"(default {DNI_DECOUPLED_LR:g} for dni, else --lr)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=train_defaults.optimizer)
+    train.add_argument("--log-every", type=_positive(int), default=train_defaults.log_every,
+                       help="write a metrics record every N steps (and at every evaluation)")
+    train.add_argument("--checkpoint-every", type=_non_negative_int, default=train_defaults.checkpoint_every,
+                       help="write a checkpoint every N steps, a multiple of --log-every; 0 for none "
+                       f"(default {train_defaults.checkpoint_every}); resume with `synthgrad resume RUN_DIR`")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train_defaults.lr_schedule)
     _add_common_arguments(train)
 
@@ -117,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     gist.add_argument("--synth-lr", type=_positive(float), default=gist_defaults.synth_lr,
                       help=f"synthesizer learning rate (the gist used 1e-4; default {gist_defaults.synth_lr})")
     _add_common_arguments(gist)
+
+    resume = commands.add_parser("resume", help="continue an interrupted run from its newest readable checkpoint")
+    resume.add_argument("run_dir", type=Path, help="the run directory (--out) of the interrupted run")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     plot = commands.add_parser("plot", help="draw a run directory's curves and figures to PNG files")
     plot.add_argument("run_dir", type=Path, help="a directory written by synthgrad train or gist")
@@ -150,9 +166,10 @@ def prepare_run_dir(out: Optional[Path], default_name: str, force: bool) -> Path
     if run_dir.exists() and not run_dir.is_dir():
         raise SynthgradError(f"--out {run_dir} is a file, not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.iterdir():  # --force: nothing of the overwritten run may mix with the new one
-        if stale.name in RUN_FILES or stale.suffix == ".png":
-            stale.unlink()
+    stale = [path for path in run_dir.iterdir() if path.name in RUN_FILES or path.suffix == ".png"]
+    stale += [path for _, path in list_checkpoints(run_dir)]
+    for path in stale:  # --force: nothing of the overwritten run may mix with the new one
+        path.unlink()
     return run_dir
 
 
@@ -177,17 +194,43 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
             lr=args.lr, synth_lr=args.synth_lr, decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method),
             optimizer=args.optimizer, lr_schedule=args.lr_schedule, use_context=args.method == "cdni",
             seed=args.seed, device=resolve_device(args.device), progress=not args.no_progress,
+            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
         ),
     )
+    if config.train.checkpoint_every % config.train.log_every:
+        raise SynthgradError(f"--checkpoint-every {args.checkpoint_every} must be a multiple of --log-every "
+                             f"{args.log_every}, so that a checkpoint never falls inside a metrics interval")
     run_dir = prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force)
+    summary = run_experiment(config, run_dir, on_record=_print_epoch)
+    _report(summary, run_dir, plot_run(run_dir))
 
-    def on_record(record: dict[str, Any]) -> None:
-        if "test/acc" in record:
-            cosines = " ".join(f"{value:.2f}" for key, value in record.items() if key.startswith("sg/cos/"))
-            tqdm.write(f"epoch {record['epoch']:.2f}: train loss {record['train/loss']:.4f}, test accuracy "
-                       f"{record['test/acc']:.4f}" + (f", sg cosine {cosines}" if cosines else ""), file=sys.stderr)
 
-    summary = run_experiment(config, run_dir, on_record=on_record)
+def _print_epoch(record: dict[str, Any]) -> None:
+    if "test/acc" in record:
+        cosines = " ".join(f"{value:.2f}" for key, value in record.items() if key.startswith("sg/cos/"))
+        tqdm.write(f"epoch {record['epoch']:.2f}: train loss {record['train/loss']:.4f}, test accuracy "
+                   f"{record['test/acc']:.4f}" + (f", sg cosine {cosines}" if cosines else ""), file=sys.stderr)
+
+
+def command_resume(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    run_dir = args.run_dir
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise SynthgradError(f"{run_dir} has no {CONFIG_FILE}: pass the --out directory of a synthgrad train run")
+    if (run_dir / SUMMARY_FILE).exists():
+        raise SynthgradError(f"{run_dir} holds a finished run; there is nothing to resume")
+    try:
+        config = classifier_config_from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    except (ValueError, TypeError, KeyError) as error:
+        raise SynthgradError(f"{run_dir / CONFIG_FILE} is not a synthgrad run configuration ({error})") from None
+    if config.model not in MODELS:
+        raise SynthgradError(f"{run_dir} is a {config.model!r} run; only synthgrad train runs can be resumed")
+    checkpoint = load_latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise SynthgradError(f"{run_dir} has no readable checkpoint (the run stopped before its first one); "
+                             f"start it again with synthgrad train --out {run_dir} --force")
+    config.train.progress = not args.no_progress
+    print(f"resuming {run_dir} from step {checkpoint['step']}", file=sys.stderr)
+    summary = run_experiment(config, run_dir, on_record=_print_epoch, resume=checkpoint)
     _report(summary, run_dir, plot_run(run_dir))
 
 
@@ -223,7 +266,7 @@ def command_plot(args: argparse.Namespace, environ: dict[str, str]) -> None:
         print(path)
 
 
-COMMANDS = {"train": command_train, "gist": command_gist, "plot": command_plot}
+COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resume, "plot": command_plot}
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]] = None) -> int:

@@ -11,7 +11,7 @@ regression targets shrink with the batch and the synthesizers barely learn.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor

@@ -68,6 +68,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep only the records up to ``step``: a resumed run writes the later ones again."""
+    path = Path(run_dir) / METRICS_FILE
+    if path.exists():
+        kept = [record for record in read_metrics(run_dir) if record["step"] <= step]
+        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+
 LOSS_SMOOTHING = 0.95
 """Exponential smoothing of loss curves, the seed gist's factor."""
 

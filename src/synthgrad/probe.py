@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from synthgrad.interfaces import named_backward_interfaces

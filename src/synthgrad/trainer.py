@@ -7,7 +7,6 @@ context for cDNI, and (c) records, through gradient hooks, how well each synthes
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,10 +17,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
+from synthgrad.checkpoints import checkpoint_path, prune_checkpoints, save_atomically
 from synthgrad.decoupled import DecoupledSequential
 from synthgrad.functional import gradient_cosine, synthesizer_loss
 from synthgrad.interfaces import block_parameters, named_backward_interfaces, synthesizer_parameters
-from synthgrad.metrics import FINAL_CHECKPOINT, MetricsLog
+from synthgrad.metrics import FINAL_CHECKPOINT, MetricsLog, truncate_metrics
 
 
 class Split(NamedTuple):
@@ -43,6 +43,10 @@ class TrainConfig:
     ``stats_every``: synthesizer loss and gradient cosine (``sg/*`` metrics) are measured on every n-th
     step and the last; measuring every step would cost as much as a small synthesizer.
 
+    ``checkpoint_every``: write ``checkpoint-<step>.pt`` every n steps (a multiple of ``log_every``, so a
+    checkpoint never falls inside a metrics interval; 0 for none), keeping the newest
+    ``keep_checkpoints``; ``final.pt`` is always written at the end.
+
     ``lr_schedule="cosine"`` anneals every learning rate to zero over the run: late in training the
     synthesizers' targets keep moving, and a decaying step size is what keeps the final accuracy at
     the best epoch's instead of drifting away from it.
@@ -63,6 +67,8 @@ class TrainConfig:
     eval_every: Optional[int] = None
     log_every: int = 50
     stats_every: int = 10
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -170,13 +176,6 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000) -> dict[
     return {"loss": total_loss / count, "acc": correct / count}
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
 def train(
     model: nn.Module,
     train_split: Split,
@@ -185,12 +184,16 @@ def train(
     run_dir: Path,
     *,
     on_record: Optional[Callable[[dict[str, Any]], None]] = None,
+    resume: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Train ``model`` with cross-entropy, writing ``metrics.jsonl`` and ``final.pt`` into ``run_dir``.
+    """Train ``model`` with cross-entropy, writing ``metrics.jsonl``, checkpoints and ``final.pt`` into
+    ``run_dir``.
 
     Returns the summary: final and best test accuracy, ``train_seconds`` (optimisation only, not
     evaluation), ``steps``, ``epochs`` and the last logged ``sg/*`` value of each cut.
     ``on_record`` is called with every metrics record as it is written (e.g. to print it).
+    ``resume``, a checkpoint of this run, continues it from that step; on the CPU the result is
+    bit-identical to a run that was never interrupted (the data order follows from the step alone).
     """
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
@@ -201,6 +204,9 @@ def train(
         raise ValueError(f"batch size {config.batch_size} exceeds the {num_examples} training examples")
     if config.steps is not None and config.steps <= 0:
         raise ValueError(f"steps must be positive (or None to train for epochs), got {config.steps}")
+    if config.checkpoint_every % config.log_every != 0:
+        raise ValueError(f"checkpoint_every ({config.checkpoint_every}) must be a multiple of log_every "
+                         f"({config.log_every})")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
@@ -215,13 +221,30 @@ def train(
     synth_params = list(synthesizer_parameters(model))
     cut_statistics = _CutStatistics(model)
 
-    best_acc, last_record, train_seconds = 0.0, {}, 0.0
+    best_acc, last_record, train_seconds, start_step = 0.0, {}, 0.0, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        start_step = resume["step"]
+        best_acc, train_seconds = resume["best_acc"], resume["train_seconds"]
+        last_record = dict(resume["last_record"])
+        truncate_metrics(run_dir, start_step)  # records written after the checkpoint are written again
+
+    def state(step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state(),
+                "best_acc": best_acc, "train_seconds": train_seconds, "last_record": last_record,
+                "config": asdict(config)}
+
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    progress = tqdm(total=total_steps, disable=not config.progress, unit="step", dynamic_ncols=True)
+    progress = tqdm(total=total_steps, initial=start_step, disable=not config.progress, unit="step",
+                    dynamic_ncols=True)
     with MetricsLog(run_dir) as log:
-        for step in range(total_steps):
+        for step in range(start_step, total_steps):
             epoch, batch = divmod(step, steps_per_epoch)
-            if batch == 0:
+            if batch == 0 or step == start_step:
                 order = _epoch_order(config.seed, epoch, num_examples).to(device)
             started = time.perf_counter()
             index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
@@ -265,11 +288,11 @@ def train(
                 if on_record is not None:
                     on_record(record)
                 progress.set_postfix({key: f"{record[key]:.3f}" for key in PROGRESS_KEYS if key in record})
+                if config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps:
+                    save_atomically(checkpoint_path(run_dir, done), state(done))
+                    prune_checkpoints(run_dir, config.keep_checkpoints)
     progress.close()
-    save_checkpoint(run_dir / FINAL_CHECKPOINT, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "step": total_steps, "config": asdict(config),
-    })
+    save_atomically(run_dir / FINAL_CHECKPOINT, state(total_steps))
     return {
         "test_acc": last_record["test/acc"],
         "best_test_acc": best_acc,

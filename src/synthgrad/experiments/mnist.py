@@ -59,6 +59,11 @@ class ClassifierConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def classifier_config_from_dict(data: dict[str, Any]) -> ClassifierConfig:
+    """The inverse of ``asdict`` on a ``ClassifierConfig``, e.g. for a run's ``config.json``."""
+    return ClassifierConfig(**{**data, "train": TrainConfig(**data["train"])})
+
+
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -189,13 +194,14 @@ def run_experiment(
     model_builder: Callable[[ClassifierConfig], DecoupledSequential] = build_model,
     on_record: Optional[Callable[[dict[str, Any]], None]] = None,
     on_note: Callable[[str], None] = print,
+    resume: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Load the data, seed, build the model and train it, filling ``run_dir`` with ``config.json``,
     ``metrics.jsonl``, ``final.pt``, ``samples.pt`` (test digits with predictions, synthetic and true
     gradients at every cut) and ``summary.json``. Returns the summary.
 
     ``on_record`` sees every metrics record; ``on_note`` gets remarks for the user (e.g. that a dry
-    run uses stand-in data)."""
+    run uses stand-in data); ``resume`` is a checkpoint of this run to continue from."""
     train_split, test_split, note = load_splits(config.dataset, config.data_dir, download=config.download,
                                                 dry_run=config.dry_run)
     if note:
@@ -210,7 +216,7 @@ def run_experiment(
     if config.dry_run:
         train_split = Split(train_split.inputs[:1024], train_split.labels[:1024])
         test_split = Split(test_split.inputs[:512], test_split.labels[:512])
-    summary = train(model, train_split, test_split, config.train, run_dir, on_record=on_record)
+    summary = train(model, train_split, test_split, config.train, run_dir, on_record=on_record, resume=resume)
     summary.update(method=config.method, model=config.model, dataset=config.dataset)
     torch.save(_samples(model, test_split, config.train), run_dir / SAMPLES_FILE)
     write_json(run_dir / SUMMARY_FILE, summary)

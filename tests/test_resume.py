@@ -1,0 +1,98 @@
+"""Runs that survive: SIGKILL at random steps, resume, and end bit-identical to an uninterrupted run."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthgrad.checkpoints import list_checkpoints, load_latest_checkpoint, prune_checkpoints, save_atomically
+from synthgrad.cli import main
+
+STEPS = 300
+TRAIN = ["train", "--method", "cdni", "--steps", str(STEPS), "--log-every", "10", "--checkpoint-every", "10",
+         "--no-progress"]
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("SYNTHGRAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "SYNTHGRAD_DATA": str(_data_root()), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "synthgrad.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _kill_after(process: subprocess.Popen, run_dir: Path, records: int) -> None:
+    """SIGKILL ``process`` as soon as ``run_dir`` has ``records`` metrics records: a random point."""
+    deadline = time.monotonic() + 120
+    while len(_records(run_dir)) < records and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+    reference_dir, victim_dir = tmp_path / "reference", tmp_path / "victim"
+    _finish(_start([*TRAIN, "--out", str(reference_dir)]))
+
+    rng = random.Random(0)
+    process = _start([*TRAIN, "--out", str(victim_dir)])
+    kills = 0  # how many signals landed mid-run
+    for fraction in sorted(rng.uniform(0.1, 0.8) for _ in range(3)):
+        _kill_after(process, victim_dir, records=int(fraction * STEPS / 10))
+        if (victim_dir / "summary.json").exists():
+            break  # it finished before the signal landed; the kills before it still count
+        kills += 1
+        for _, path in list_checkpoints(victim_dir):  # never a torn checkpoint
+            assert torch.load(path, weights_only=True)["step"] > 0
+        if load_latest_checkpoint(victim_dir) is None:  # killed before the first checkpoint
+            process = _start([*TRAIN, "--out", str(victim_dir), "--force"])
+        else:
+            process = _start(["resume", str(victim_dir), "--no-progress"])
+    if process.poll() is None:
+        _finish(process)
+    assert kills >= 1, "no kill landed before the run ended; the test proved nothing"
+
+    reference = torch.load(reference_dir / "final.pt", weights_only=True)["model"]
+    resumed = torch.load(victim_dir / "final.pt", weights_only=True)["model"]
+    assert reference.keys() == resumed.keys()
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
+    assert _records(victim_dir) == _records(reference_dir)  # the metrics too, record for record
+
+
+def test_resume_errors_are_one_line(tmp_path, capsys):
+    assert main(["resume", str(tmp_path)], environ={}) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"model": "mlp"}))
+    assert main(["resume", str(run_dir)], environ={}) == 2
+    assert "is not a synthgrad run configuration" in capsys.readouterr().err
+
+
+def test_checkpoints_keep_the_newest_and_skip_unreadable_ones(tmp_path):
+    for step in (10, 20, 30, 40):
+        save_atomically(tmp_path / f"checkpoint-{step:08d}.pt", {"step": step})
+    prune_checkpoints(tmp_path, keep=2)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [30, 40]
+    (tmp_path / "checkpoint-00000040.pt").write_bytes(b"torn")
+    assert load_latest_checkpoint(tmp_path) == {"step": 30}
+    assert not list(tmp_path.glob(".*.tmp"))
