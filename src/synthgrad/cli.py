@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from synthgrad.checkpoints import list_checkpoints, load_latest_checkpoint
+from synthgrad.divergence import TrainingDiverged
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.gist import build_gist_model, gist_config
 from synthgrad.experiments.mnist import (
@@ -35,6 +36,8 @@ from synthgrad.metrics import CONFIG_FILE, RUN_FILES, SUMMARY_FILE, smooth
 from synthgrad.plots import plot_run
 from synthgrad.trainer import OPTIMIZERS, LR_SCHEDULES, TrainConfig
 
+DIVERGED_STATUS = 3
+"""Exit status of a run stopped because it diverged (2 is for bad input)."""
 DATA_ENV = "SYNTHGRAD_DATA"
 """Environment variable naming a directory with one folder per dataset, e.g. ``$SYNTHGRAD_DATA/mnist``."""
 
@@ -274,6 +277,9 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args, dict(os.environ) if environ is None else environ)
+    except TrainingDiverged as error:
+        print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
+        return DIVERGED_STATUS
     except SynthgradError as error:
         print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from synthgrad.checkpoints import checkpoint_path, prune_checkpoints, save_atomically
 from synthgrad.decoupled import DecoupledSequential
+from synthgrad.divergence import check_loss
 from synthgrad.functional import gradient_cosine, synthesizer_loss
 from synthgrad.interfaces import block_parameters, named_backward_interfaces, synthesizer_parameters
 from synthgrad.metrics import FINAL_CHECKPOINT, MetricsLog, truncate_metrics
@@ -259,6 +260,7 @@ def train(
             loss.backward()
             if is_measured:
                 cut_statistics.detach()
+            check_loss(loss, model, step + 1, run_dir)
             if step % config.synth_every != 0:
                 for param in synth_params:
                     param.grad = None  # optimizers skip parameters without a gradient
