@@ -39,24 +39,26 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _kill_after(process: subprocess.Popen, run_dir: Path, records: int) -> None:
-    """SIGKILL ``process`` as soon as ``run_dir`` has ``records`` metrics records: a random point."""
+def _signal_after(process: subprocess.Popen, run_dir: Path, records: int, signum: int) -> None:
+    """Send ``signum`` to ``process`` as soon as ``run_dir`` has ``records`` metrics records."""
     deadline = time.monotonic() + 120
     while len(_records(run_dir)) < records and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    process.send_signal(signum)
+    process.communicate(timeout=60)
 
 
 def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+    """Killed twice (SIGKILL) and interrupted once (Ctrl-C, which writes a checkpoint mid-interval)."""
     reference_dir, victim_dir = tmp_path / "reference", tmp_path / "victim"
     _finish(_start([*TRAIN, "--out", str(reference_dir)]))
 
     rng = random.Random(0)
     process = _start([*TRAIN, "--out", str(victim_dir)])
     kills = 0  # how many signals landed mid-run
-    for fraction in sorted(rng.uniform(0.1, 0.8) for _ in range(3)):
-        _kill_after(process, victim_dir, records=int(fraction * STEPS / 10))
+    fractions = sorted(rng.uniform(0.1, 0.8) for _ in range(3))
+    for fraction, signum in zip(fractions, (signal.SIGKILL, signal.SIGINT, signal.SIGKILL)):
+        _signal_after(process, victim_dir, int(fraction * STEPS / 10), signum)
         if (victim_dir / "summary.json").exists():
             break  # it finished before the signal landed; the kills before it still count
         kills += 1
@@ -76,6 +78,19 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key
     assert _records(victim_dir) == _records(reference_dir)  # the metrics too, record for record
+
+
+def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
+    process = _start([*TRAIN, "--checkpoint-every", "0", "--out", str(tmp_path)])
+    deadline = time.monotonic() + 120
+    while not _records(tmp_path) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert f"continue with: synthgrad resume {tmp_path}" in stderr and "Traceback" not in stderr
+    (step, path), = list_checkpoints(tmp_path)
+    assert 0 < step < STEPS and torch.load(path, weights_only=True)["step"] == step
 
 
 def test_resume_errors_are_one_line(tmp_path, capsys):

@@ -7,12 +7,14 @@ with status 2; it never shows a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -34,7 +36,7 @@ from synthgrad.experiments.mnist import (
 )
 from synthgrad.metrics import CONFIG_FILE, RUN_FILES, SUMMARY_FILE, smooth
 from synthgrad.plots import plot_run
-from synthgrad.trainer import OPTIMIZERS, LR_SCHEDULES, TrainConfig
+from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainingInterrupted
 
 DIVERGED_STATUS = 3
 """Exit status of a run stopped because it diverged (2 is for bad input)."""
@@ -204,8 +206,29 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
         raise SynthgradError(f"--checkpoint-every {args.checkpoint_every} must be a multiple of --log-every "
                              f"{args.log_every}, so that a checkpoint never falls inside a metrics interval")
     run_dir = prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force)
-    summary = run_experiment(config, run_dir, on_record=_print_epoch)
+    with _ctrl_c_requests_stop() as stop_requested:
+        summary = run_experiment(config, run_dir, on_record=_print_epoch, stop_requested=stop_requested)
     _report(summary, run_dir, plot_run(run_dir))
+
+
+@contextlib.contextmanager
+def _ctrl_c_requests_stop() -> Iterator[Callable[[], bool]]:
+    """While active, a first Ctrl-C asks training to stop after the current step (with a checkpoint);
+    a second one interrupts at once."""
+    requested = False
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal requested
+        if requested:
+            raise KeyboardInterrupt
+        requested = True
+        print("\nstopping after this step (Ctrl-C again to abort at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_epoch(record: dict[str, Any]) -> None:
@@ -233,7 +256,9 @@ def command_resume(args: argparse.Namespace, environ: dict[str, str]) -> None:
                              f"start it again with synthgrad train --out {run_dir} --force")
     config.train.progress = not args.no_progress
     print(f"resuming {run_dir} from step {checkpoint['step']}", file=sys.stderr)
-    summary = run_experiment(config, run_dir, on_record=_print_epoch, resume=checkpoint)
+    with _ctrl_c_requests_stop() as stop_requested:
+        summary = run_experiment(config, run_dir, on_record=_print_epoch, resume=checkpoint,
+                                 stop_requested=stop_requested)
     _report(summary, run_dir, plot_run(run_dir))
 
 
@@ -277,6 +302,10 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args, dict(os.environ) if environ is None else environ)
+    except TrainingInterrupted as interrupted:
+        print(f"synthgrad {args.command}: {interrupted}; continue with: synthgrad resume "
+              f"{interrupted.checkpoint.parent}", file=sys.stderr)
+        return 130
     except TrainingDiverged as error:
         print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
         return DIVERGED_STATUS

@@ -150,6 +150,21 @@ class _CutStatistics:
             self._counts[index] = 0
         return record
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": [sums.clone() for sums in self._sums], "counts": list(self._counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sums = [sums.clone() for sums in state["sums"]]
+        self._counts = list(state["counts"])
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (Ctrl-C) after writing a checkpoint at ``step`` to ``checkpoint``."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint written to {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
 
 def _epoch_order(seed: int, epoch: int, num_examples: int) -> Tensor:
     """The order of the training examples in ``epoch``: a permutation from a generator seeded by
@@ -186,6 +201,7 @@ def train(
     *,
     on_record: Optional[Callable[[dict[str, Any]], None]] = None,
     resume: Optional[dict[str, Any]] = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Train ``model`` with cross-entropy, writing ``metrics.jsonl``, checkpoints and ``final.pt`` into
     ``run_dir``.
@@ -195,6 +211,8 @@ def train(
     ``on_record`` is called with every metrics record as it is written (e.g. to print it).
     ``resume``, a checkpoint of this run, continues it from that step; on the CPU the result is
     bit-identical to a run that was never interrupted (the data order follows from the step alone).
+    ``stop_requested`` is asked after every step; when it says yes, the run writes a checkpoint and
+    raises ``TrainingInterrupted`` (the command line asks it on Ctrl-C).
     """
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
@@ -223,6 +241,7 @@ def train(
     cut_statistics = _CutStatistics(model)
 
     best_acc, last_record, train_seconds, start_step = 0.0, {}, 0.0, 0
+    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -231,15 +250,19 @@ def train(
         start_step = resume["step"]
         best_acc, train_seconds = resume["best_acc"], resume["train_seconds"]
         last_record = dict(resume["last_record"])
+        interval = resume["interval"]  # the metrics of a logging interval the checkpoint fell inside
+        loss_sum, correct, seen = interval["loss_sum"].to(device), interval["correct"].to(device), interval["seen"]
+        cut_statistics.load_state_dict(interval["cut_statistics"])
         truncate_metrics(run_dir, start_step)  # records written after the checkpoint are written again
 
     def state(step: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state(),
                 "best_acc": best_acc, "train_seconds": train_seconds, "last_record": last_record,
+                "interval": {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
+                             "cut_statistics": cut_statistics.state_dict()},
                 "config": asdict(config)}
 
-    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     progress = tqdm(total=total_steps, initial=start_step, disable=not config.progress, unit="step",
                     dynamic_ncols=True)
     with MetricsLog(run_dir) as log:
@@ -293,6 +316,11 @@ def train(
                 if config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps:
                     save_atomically(checkpoint_path(run_dir, done), state(done))
                     prune_checkpoints(run_dir, config.keep_checkpoints)
+            if done < total_steps and stop_requested():
+                progress.close()
+                save_atomically(checkpoint_path(run_dir, done), state(done))
+                prune_checkpoints(run_dir, config.keep_checkpoints)
+                raise TrainingInterrupted(done, checkpoint_path(run_dir, done))
     progress.close()
     save_atomically(run_dir / FINAL_CHECKPOINT, state(total_steps))
     return {

@@ -195,13 +195,15 @@ def run_experiment(
     on_record: Optional[Callable[[dict[str, Any]], None]] = None,
     on_note: Callable[[str], None] = print,
     resume: Optional[dict[str, Any]] = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Load the data, seed, build the model and train it, filling ``run_dir`` with ``config.json``,
     ``metrics.jsonl``, ``final.pt``, ``samples.pt`` (test digits with predictions, synthetic and true
     gradients at every cut) and ``summary.json``. Returns the summary.
 
     ``on_record`` sees every metrics record; ``on_note`` gets remarks for the user (e.g. that a dry
-    run uses stand-in data); ``resume`` is a checkpoint of this run to continue from."""
+    run uses stand-in data); ``resume`` is a checkpoint of this run to continue from;
+    ``stop_requested`` is asked after every step (see ``trainer.train``)."""
     train_split, test_split, note = load_splits(config.dataset, config.data_dir, download=config.download,
                                                 dry_run=config.dry_run)
     if note:
@@ -216,7 +218,8 @@ def run_experiment(
     if config.dry_run:
         train_split = Split(train_split.inputs[:1024], train_split.labels[:1024])
         test_split = Split(test_split.inputs[:512], test_split.labels[:512])
-    summary = train(model, train_split, test_split, config.train, run_dir, on_record=on_record, resume=resume)
+    summary = train(model, train_split, test_split, config.train, run_dir, on_record=on_record, resume=resume,
+                    stop_requested=stop_requested)
     summary.update(method=config.method, model=config.model, dataset=config.dataset)
     torch.save(_samples(model, test_split, config.train), run_dir / SAMPLES_FILE)
     write_json(run_dir / SUMMARY_FILE, summary)
