@@ -229,6 +229,13 @@ BAD_ARGUMENTS = [
     (["--model", "nope"], "argument --model: invalid choice: 'nope'"),
     (["--dataset", "nope"], "argument --dataset: invalid choice: 'nope'"),
     (["--epochs", "1", "--steps", "5"], "argument --steps: not allowed with argument --epochs"),
+    (["--log-every", "0"], "argument --log-every: expected a positive int, got '0'"),
+    (["--checkpoint-every", "-5"], "argument --checkpoint-every: expected a non-negative int, got '-5'"),
+    (["--synth-rank", "x"], "argument --synth-rank: expected a non-negative int, got 'x'"),
+    (["--decoupled-lr", "0"], "argument --decoupled-lr: expected a positive float, got '0'"),
+    (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
 ]
 
 
@@ -251,6 +258,14 @@ def _assert_one_line_error(capsys, *fragments: str) -> None:
 def test_device_cuda_without_cuda(tmp_path, environ, capsys):
     assert _run(["train", "--dry-run", "--device", "cuda", "--out", str(tmp_path / "run")], environ) == 2
     _assert_one_line_error(capsys, "--device cuda", "--device cpu")
+
+
+def test_checkpoint_interval_must_be_a_multiple_of_the_log_interval(tmp_path, environ, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--dry-run", "--log-every", "10", "--checkpoint-every", "15", "--out", str(run_dir)]
+    assert _run(argv, environ) == 2
+    _assert_one_line_error(capsys, "--checkpoint-every 15 must be a multiple of --log-every 10")
+    assert not run_dir.exists()
 
 
 def test_synth_layers_negative(tmp_path, environ, capsys):

@@ -102,6 +102,19 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
     assert main(["resume", str(run_dir)], environ={}) == 2
     assert "is not a synthgrad run configuration" in capsys.readouterr().err
 
+    finished = tmp_path / "finished"
+    assert main(["train", "--dry-run", "--no-progress", "--layers", "1", "--width", "16", "--checkpoint-every", "0",
+                 "--data-dir", str(tmp_path / "no-mnist"), "--out", str(finished)], environ={}) == 0
+    capsys.readouterr()
+    assert main(["resume", str(finished)], environ={}) == 2
+    assert "holds a finished run; there is nothing to resume" in capsys.readouterr().err
+
+    (finished / "summary.json").unlink()  # as if it had been killed: no checkpoint was written
+    (finished / "checkpoint-00000002.pt").write_bytes(b"torn by a broken disk")
+    assert main(["resume", str(finished)], environ={}) == 2
+    stderr = capsys.readouterr().err
+    assert "has no readable checkpoint" in stderr and "--force" in stderr and stderr.count("\n") == 1
+
 
 def test_checkpoints_keep_the_newest_and_skip_unreadable_ones(tmp_path):
     for step in (10, 20, 30, 40):

@@ -2,7 +2,8 @@
 
 It knows nothing of MNIST or of how the model was cut: the cuts do their work inside backward, and the
 trainer only (a) gives synthesizers their own learning rate, (b) hands one-hot labels to the model as
-context for cDNI, and (c) records, through gradient hooks, how well each synthesizer predicts.
+context for cDNI, (c) records, through gradient hooks, how well each synthesizer predicts, and (d) makes
+runs survive: checkpoints to resume from exactly, Ctrl-C, and a stop at the first non-finite loss.
 """
 from __future__ import annotations
 
