@@ -232,6 +232,8 @@ def train(
     device = torch.device(config.device)
     model.to(device).train()
     train_inputs, train_labels = train_split.inputs.to(device), train_split.labels.to(device)
+    train_contexts = (nn.functional.one_hot(train_labels, config.num_classes).float()  # (N, classes), once
+                      if config.use_context else None)
 
     steps_per_epoch = num_examples // config.batch_size  # the last partial batch is dropped
     total_steps = config.steps or config.epochs * steps_per_epoch
@@ -274,11 +276,11 @@ def train(
             started = time.perf_counter()
             index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
             inputs, labels = train_inputs[index], train_labels[index]
-            context = nn.functional.one_hot(labels, config.num_classes).float() if config.use_context else None
+            context = train_contexts[index] if train_contexts is not None else None
             is_measured = (step + 1) % config.stats_every == 0 or step + 1 == total_steps
             if is_measured:
                 cut_statistics.attach()  # before forward: a cut takes its observers when it is placed
-            logits = model(inputs, context) if config.use_context else model(inputs)
+            logits = model(inputs, context) if context is not None else model(inputs)
             loss = nn.functional.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
