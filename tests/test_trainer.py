@@ -189,13 +189,17 @@ def test_backprop_model_has_one_param_group(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"batch_size": 65}, "batch size 65 exceeds the 64 training examples"),
-    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
-    ({"lr_schedule": "linear"}, "lr_schedule must be one of"),
+    ({"batch_size": 65}, "batch_size 65 is larger than the 64 training examples"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of adam, sgd, got 'rmsprop'"),
+    ({"lr_schedule": "linear"}, "lr_schedule must be one of cosine, constant"),
+    ({"on_divergence": "ignore"}, "on_divergence must be one of stop, skip, got 'ignore'"),
+    ({"steps": 0}, "steps must be positive"),
+    ({"log_every": 0}, "log_every must be positive, got 0"),
+    ({"log_every": 10, "checkpoint_every": 15}, "checkpoint_every 15 must be a multiple of log_every 10"),
 ])
 def test_invalid_config_raises_a_clear_error(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        train(_model(), _separable(64, seed=1), _separable(64, seed=2), _config(steps=1, **overrides), tmp_path)
+        train(_model(), _separable(64, seed=1), _separable(64, seed=2), _config(**{"steps": 1, **overrides}), tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

@@ -3,7 +3,7 @@
 It knows nothing of MNIST or of how the model was cut: the cuts do their work inside backward, and the
 trainer only (a) gives synthesizers their own learning rate, (b) hands one-hot labels to the model as
 context for cDNI, (c) records, through gradient hooks, how well each synthesizer predicts, and (d) makes
-runs survive: checkpoints to resume from exactly, Ctrl-C, and a stop at the first non-finite loss.
+runs survive: checkpoints to resume from exactly, Ctrl-C, and a guard against non-finite steps.
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
-from synthgrad.checkpoints import checkpoint_path, prune_checkpoints, save_atomically
+from synthgrad.checkpoints import checkpoint_path, load_states, prune_checkpoints, save_atomically
 from synthgrad.decoupled import DecoupledSequential
-from synthgrad.divergence import check_loss
+from synthgrad.divergence import ON_DIVERGENCE, DivergenceGuard
+from synthgrad.errors import InvalidConfig
 from synthgrad.functional import gradient_cosine, synthesizer_loss
 from synthgrad.interfaces import block_parameters, named_backward_interfaces, synthesizer_parameters
 from synthgrad.metrics import FINAL_CHECKPOINT, MetricsLog, truncate_metrics
@@ -52,6 +53,9 @@ class TrainConfig:
     ``lr_schedule="cosine"`` anneals every learning rate to zero over the run: late in training the
     synthesizers' targets keep moving, and a decaying step size is what keeps the final accuracy at
     the best epoch's instead of drifting away from it.
+
+    ``on_divergence``: what a step with a non-finite loss or gradient does (see ``synthgrad.divergence``):
+    ``"stop"`` the run, or ``"skip"`` the step and halve the synthesizers' learning rate.
     """
 
     epochs: int = 10
@@ -74,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    on_divergence: str = "stop"
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -102,6 +107,31 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     # fused: one kernel for all parameters instead of a dozen small ops per tensor; synthesizers add
     # many small tensors, so the unfused loop would charge DNI for optimizer overhead, not for its method
     return torch.optim.Adam(groups, fused=True)
+
+
+def validate_train_config(config: TrainConfig, num_examples: Optional[int] = None) -> None:
+    """Raise ``InvalidConfig`` naming the field (and the allowed values) if ``config`` cannot work;
+    ``num_examples``, the size of the training split when known, bounds the batch size."""
+    for field, value, allowed in (("optimizer", config.optimizer, OPTIMIZERS),
+                                  ("lr_schedule", config.lr_schedule, LR_SCHEDULES),
+                                  ("on_divergence", config.on_divergence, ON_DIVERGENCE)):
+        if value not in allowed:
+            raise InvalidConfig(f"{{0}} must be one of {', '.join(allowed)}, got {value!r}", field)
+    if config.steps is not None and config.steps <= 0:
+        raise InvalidConfig(f"{{0}} must be positive (or None to train for epochs), got {config.steps}", "steps")
+    for field in ("batch_size", "log_every", "stats_every", "synth_every", "keep_checkpoints"):
+        if getattr(config, field) <= 0:
+            raise InvalidConfig(f"{{0}} must be positive, got {getattr(config, field)}", field)
+    if config.checkpoint_every < 0:
+        raise InvalidConfig(f"{{0}} must be >= 0 (0: no checkpoints), got {config.checkpoint_every}",
+                            "checkpoint_every")
+    if config.checkpoint_every % config.log_every:
+        raise InvalidConfig(f"{{0}} {config.checkpoint_every} must be a multiple of {{1}} {config.log_every}, "
+                            "so that a checkpoint never falls inside a metrics interval",
+                            "checkpoint_every", "log_every")
+    if num_examples is not None and config.batch_size > num_examples:
+        raise InvalidConfig(f"{{0}} {config.batch_size} is larger than the {num_examples} training examples; "
+                            "choose a smaller {0}", "batch_size")
 
 
 def _lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -215,18 +245,8 @@ def train(
     ``stop_requested`` is asked after every step; when it says yes, the run writes a checkpoint and
     raises ``TrainingInterrupted`` (the command line asks it on Ctrl-C).
     """
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
     num_examples = len(train_split.labels)
-    if config.batch_size > num_examples:
-        raise ValueError(f"batch size {config.batch_size} exceeds the {num_examples} training examples")
-    if config.steps is not None and config.steps <= 0:
-        raise ValueError(f"steps must be positive (or None to train for epochs), got {config.steps}")
-    if config.checkpoint_every % config.log_every != 0:
-        raise ValueError(f"checkpoint_every ({config.checkpoint_every}) must be a multiple of log_every "
-                         f"({config.log_every})")
+    validate_train_config(config, num_examples)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
@@ -242,13 +262,14 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total_steps))
     synth_params = list(synthesizer_parameters(model))
     cut_statistics = _CutStatistics(model)
+    guard = DivergenceGuard(model, optimizer, scheduler, run_dir, config.on_divergence)
 
     best_acc, last_record, train_seconds, start_step = 0.0, {}, 0.0, 0
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        load_states(resume, checkpoint_path(run_dir, resume["step"]), model=model, optimizer=optimizer,
+                    scheduler=scheduler)
+        guard.load_state_dict(resume.get("divergence"))
         torch.set_rng_state(resume["rng"])
         start_step = resume["step"]
         best_acc, train_seconds = resume["best_acc"], resume["train_seconds"]
@@ -264,6 +285,7 @@ def train(
                 "best_acc": best_acc, "train_seconds": train_seconds, "last_record": last_record,
                 "interval": {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
                              "cut_statistics": cut_statistics.state_dict()},
+                "divergence": guard.state_dict(),
                 "config": asdict(config)}
 
     progress = tqdm(total=total_steps, initial=start_step, disable=not config.progress, unit="step",
@@ -279,22 +301,27 @@ def train(
             context = train_contexts[index] if train_contexts is not None else None
             is_measured = (step + 1) % config.stats_every == 0 or step + 1 == total_steps
             if is_measured:
+                unmeasured = cut_statistics.state_dict() if guard.is_skipping else None
                 cut_statistics.attach()  # before forward: a cut takes its observers when it is placed
+            guard.before_forward()
             logits = model(inputs, context) if context is not None else model(inputs)
             loss = nn.functional.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if is_measured:
                 cut_statistics.detach()
-            check_loss(loss, model, step + 1, run_dir)
+            is_finite = guard.allows_step(loss, step + 1)  # raises TrainingDiverged unless told to skip
             if step % config.synth_every != 0:
                 for param in synth_params:
                     param.grad = None  # optimizers skip parameters without a gradient
-            optimizer.step()
+            if is_finite:
+                optimizer.step()
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(dim=1) == labels).sum()
+                seen += len(labels)
+            elif is_measured:
+                cut_statistics.load_state_dict(unmeasured)  # a skipped step is not measured either
             scheduler.step()
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum()
-            seen += len(labels)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_seconds += time.perf_counter() - started
@@ -303,8 +330,10 @@ def train(
             done = step + 1
             is_eval = done % eval_every == 0 or done == total_steps
             if done % config.log_every == 0 or is_eval:
-                record = {"step": done, "epoch": done / steps_per_epoch, "train/loss": loss_sum.item() / seen,
-                          "train/acc": correct.item() / seen, **cut_statistics.pop()}
+                record = {"step": done, "epoch": done / steps_per_epoch,
+                          "train/loss": loss_sum.item() / seen if seen else math.nan,  # nan: every step skipped
+                          "train/acc": correct.item() / seen if seen else math.nan,
+                          **cut_statistics.pop(), **guard.pop()}
                 loss_sum.zero_(), correct.zero_()
                 seen = 0
                 if is_eval:
