@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from synthgrad.checkpoints import list_checkpoints, load_latest_checkpoint, prune_checkpoints, save_atomically
@@ -117,10 +116,11 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
 
 
 def test_checkpoints_keep_the_newest_and_skip_unreadable_ones(tmp_path):
-    for step in (10, 20, 30, 40):
-        save_atomically(tmp_path / f"checkpoint-{step:08d}.pt", {"step": step})
-    prune_checkpoints(tmp_path, keep=2)
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [30, 40]
-    (tmp_path / "checkpoint-00000040.pt").write_bytes(b"torn")
-    assert load_latest_checkpoint(tmp_path) == {"step": 30}
+    for step in (10, 20, 30, 40, 50):
+        save_atomically(tmp_path / f"checkpoint-{step:08d}.pt", {"step": step, "model": {}})
+    prune_checkpoints(tmp_path, keep=3)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [30, 40, 50]
+    (tmp_path / "checkpoint-00000050.pt").write_bytes(b"torn")
+    save_atomically(tmp_path / "checkpoint-00000040.pt", {"step": 40})  # loads, but is no checkpoint
+    assert load_latest_checkpoint(tmp_path) == {"step": 30, "model": {}}
     assert not list(tmp_path.glob(".*.tmp"))

@@ -1,7 +1,8 @@
 """``synthgrad <command>``: the only module that reads argv and the environment.
 
 Commands: ``train`` (an MNIST-family classifier, every cut decoupled), ``gist`` (the seed experiment,
-corrected), ``resume`` (continue an interrupted ``train`` run) and ``plot`` (figures of a run directory). A mistake in the input prints one line and exits
+corrected), ``resume`` (continue an interrupted ``train`` or ``gist`` run; also ``--resume`` on each of
+them) and ``plot`` (figures of a run directory). A mistake in the input prints one line and exits
 with status 2; it never shows a traceback.
 """
 from __future__ import annotations
@@ -20,9 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from synthgrad.checkpoints import list_checkpoints, load_latest_checkpoint
-from synthgrad.divergence import TrainingDiverged
-from synthgrad.errors import SynthgradError
-from synthgrad.experiments.gist import build_gist_model, gist_config
+from synthgrad.divergence import ON_DIVERGENCE, SKIP_SYNTH_LR_FACTOR, TrainingDiverged
+from synthgrad.errors import InvalidConfig, SynthgradError
+from synthgrad.experiments.gist import GIST_MODEL, build_gist_model, gist_config
 from synthgrad.experiments.mnist import (
     DATASETS,
     DNI_DECOUPLED_LR,
@@ -31,9 +32,11 @@ from synthgrad.experiments.mnist import (
     MODELS,
     ClassifierConfig,
     classifier_config_from_dict,
+    build_model,
     default_decoupled_lr,
     run_experiment,
 )
+from synthgrad.experiments.validation import validate_classifier_config
 from synthgrad.metrics import CONFIG_FILE, RUN_FILES, SUMMARY_FILE, smooth
 from synthgrad.plots import plot_run
 from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainingInterrupted
@@ -85,6 +88,17 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_survival_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """Options of every training command for runs that survive crashes and divergence."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its newest readable checkpoint, with the options "
+                        "it was started with (the same as synthgrad resume RUN_DIR)")
+    parser.add_argument("--on-divergence", choices=ON_DIVERGENCE, default=defaults.on_divergence,
+                        help="on a non-finite loss or gradient: stop (exit status 3), or skip the step and "
+                        f"multiply the synthesizers' learning rate by {SKIP_SYNTH_LR_FACTOR:g} "
+                        f"(default {defaults.on_divergence})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthgrad", description="Train networks with synthetic gradients "
                                      "(Decoupled Neural Interfaces, arXiv 1608.05343).")
@@ -125,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"(default {train_defaults.checkpoint_every}); resume with `synthgrad resume RUN_DIR`")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train_defaults.lr_schedule)
     _add_common_arguments(train)
+    _add_survival_arguments(train, train_defaults)
 
     gist = commands.add_parser("gist", help="the seed gist's 784-100-10 MNIST experiment, done right")
     gist_defaults = gist_config().train
@@ -133,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="update the synthesizer every N steps (the gist used 10)")
     gist.add_argument("--synth-lr", type=_positive(float), default=gist_defaults.synth_lr,
                       help=f"synthesizer learning rate (the gist used 1e-4; default {gist_defaults.synth_lr})")
+    gist.add_argument("--checkpoint-every", type=_non_negative_int, default=gist_defaults.checkpoint_every,
+                      help=f"write a checkpoint every N steps; 0 for none (default {gist_defaults.checkpoint_every})")
     _add_common_arguments(gist)
+    _add_survival_arguments(gist, gist_defaults)
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its newest readable checkpoint")
     resume.add_argument("run_dir", type=Path, help="the run directory (--out) of the interrupted run")
@@ -187,8 +205,8 @@ def _report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> 
 
 
 def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    if args.synth_layers < 0:
-        raise SynthgradError(f"--synth-layers must be >= 0, got {args.synth_layers}")
+    if args.resume:
+        return _resume(args.out, args, expected="train")
     config = ClassifierConfig(
         dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),
         download=not args.dry_run, model=args.model, method=args.method, layers=args.layers, width=args.width,
@@ -199,15 +217,38 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
             lr=args.lr, synth_lr=args.synth_lr, decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method),
             optimizer=args.optimizer, lr_schedule=args.lr_schedule, use_context=args.method == "cdni",
             seed=args.seed, device=resolve_device(args.device), progress=not args.no_progress,
-            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every, checkpoint_every=args.checkpoint_every, on_divergence=args.on_divergence,
         ),
     )
-    if config.train.checkpoint_every % config.train.log_every:
-        raise SynthgradError(f"--checkpoint-every {args.checkpoint_every} must be a multiple of --log-every "
-                             f"{args.log_every}, so that a checkpoint never falls inside a metrics interval")
-    run_dir = prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force)
-    with _ctrl_c_requests_stop() as stop_requested:
-        summary = run_experiment(config, run_dir, on_record=_print_epoch, stop_requested=stop_requested)
+    validate_classifier_config(config, build_model, explicit=_explicit_options(args))
+    _run(config, prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force))
+
+
+def _explicit_options(args: argparse.Namespace) -> set[str]:
+    """The options of ``args`` whose values differ from the command's defaults (as config field
+    names: every option's ``dest`` is its field's name)."""
+    defaults = vars(build_parser().parse_args([args.command]))
+    return {name for name, value in vars(args).items() if value != defaults.get(name)}
+
+
+def _model_builder(config: ClassifierConfig) -> Callable[[ClassifierConfig], Any]:
+    return build_gist_model if config.model == GIST_MODEL else build_model
+
+
+def _run(config: ClassifierConfig, run_dir: Path, resume: Optional[dict[str, Any]] = None) -> None:
+    """Run (or, from the checkpoint ``resume``, continue) a train or gist run and report it; one path
+    for both, so that a resumed run does exactly what the first one did."""
+    is_gist = config.model == GIST_MODEL
+    previous_threads = torch.get_num_threads()
+    if is_gist:
+        torch.set_num_threads(1)  # batches of 10 through a 784-100-10 net: threads cost more than they give
+    try:
+        with _ctrl_c_requests_stop() as stop_requested:
+            summary = run_experiment(config, run_dir, model_builder=_model_builder(config),
+                                     on_record=_gist_printer() if is_gist else _print_epoch, resume=resume,
+                                     stop_requested=stop_requested)
+    finally:
+        torch.set_num_threads(previous_threads)
     _report(summary, run_dir, plot_run(run_dir))
 
 
@@ -239,37 +280,79 @@ def _print_epoch(record: dict[str, Any]) -> None:
 
 
 def command_resume(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    run_dir = args.run_dir
+    _resume(args.run_dir, args)
+
+
+_RESUME_KEEPS = {"command", "resume", "out", "no_progress"}
+"""What may be given with ``--resume``; everything else comes from the run's ``config.json``."""
+
+
+def _resume(run_dir: Optional[Path], args: argparse.Namespace, expected: Optional[str] = None) -> None:
+    """``synthgrad resume RUN_DIR`` and ``synthgrad <command> --resume --out RUN_DIR``: continue the run
+    in ``run_dir`` (of kind ``expected``, when given: ``train`` or ``gist``) from its newest readable
+    checkpoint."""
+    if expected is not None:
+        if run_dir is None:
+            raise SynthgradError("--resume needs --out RUN_DIR, the directory of the run to continue")
+        extra = sorted(_explicit_options(args) - _RESUME_KEEPS)
+        if extra:
+            flag = "--" + extra[0].replace("_", "-")
+            raise SynthgradError(f"--resume continues {run_dir} with the options it was started with (its "
+                                 f"{CONFIG_FILE}); drop {flag}, or start a new run without --resume")
+    assert run_dir is not None
+    config, checkpoint = _load_interrupted_run(run_dir)
+    kind = "gist" if config.model == GIST_MODEL else "train"
+    if expected is not None and kind != expected:
+        raise SynthgradError(f"{run_dir} holds a synthgrad {kind} run; continue it with synthgrad {kind} --resume "
+                             f"--out {run_dir}")
+    config.train.progress = not args.no_progress and kind == "train"
+    print(f"resuming {run_dir} from step {checkpoint['step']}", file=sys.stderr)
+    _run(config, run_dir, resume=checkpoint)
+
+
+def _load_interrupted_run(run_dir: Path) -> tuple[ClassifierConfig, dict[str, Any]]:
+    """The configuration and newest readable checkpoint of an unfinished run, or a ``SynthgradError``
+    saying what is wrong with ``run_dir``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SynthgradError(f"{run_dir} is a file, not a run directory; pass the --out directory of a run")
     if not (run_dir / CONFIG_FILE).is_file():
-        raise SynthgradError(f"{run_dir} has no {CONFIG_FILE}: pass the --out directory of a synthgrad train run")
+        raise SynthgradError(f"{run_dir} has no {CONFIG_FILE}: pass the --out directory of a synthgrad train "
+                             "or gist run")
     if (run_dir / SUMMARY_FILE).exists():
         raise SynthgradError(f"{run_dir} holds a finished run; there is nothing to resume")
+    path = run_dir / CONFIG_FILE
     try:
-        config = classifier_config_from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
-    except (ValueError, TypeError, KeyError) as error:
-        raise SynthgradError(f"{run_dir / CONFIG_FILE} is not a synthgrad run configuration ({error})") from None
-    if config.model not in MODELS:
-        raise SynthgradError(f"{run_dir} is a {config.model!r} run; only synthgrad train runs can be resumed")
+        config = classifier_config_from_dict(json.loads(path.read_text()))
+        validate_classifier_config(config, _model_builder(config))
+    except InvalidConfig as error:
+        raise SynthgradError(f"{path} is not a valid run configuration: {error}; start the run again with "
+                             "--force") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as error:
+        raise SynthgradError(f"{path} is not a synthgrad run configuration ({type(error).__name__}: {error}); "
+                             "start the run again with --force") from None
     checkpoint = load_latest_checkpoint(run_dir)
     if checkpoint is None:
-        raise SynthgradError(f"{run_dir} has no readable checkpoint (the run stopped before its first one); "
-                             f"start it again with synthgrad train --out {run_dir} --force")
-    config.train.progress = not args.no_progress
-    print(f"resuming {run_dir} from step {checkpoint['step']}", file=sys.stderr)
-    with _ctrl_c_requests_stop() as stop_requested:
-        summary = run_experiment(config, run_dir, on_record=_print_epoch, resume=checkpoint,
-                                 stop_requested=stop_requested)
-    _report(summary, run_dir, plot_run(run_dir))
+        raise SynthgradError(f"{run_dir} has no readable checkpoint (the run stopped before its first one, or "
+                             f"every one is corrupt); start it again with --out {run_dir} --force")
+    return config, checkpoint
 
 
 def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    if args.resume:
+        return _resume(args.out, args, expected="gist")
     method = "cdni" if args.cdni else "dni"
     config = gist_config(method, synth_every=args.synth_every, synth_lr=args.synth_lr, seed=args.seed,
-                         device=resolve_device(args.device), progress=False,
-                         **({"steps": DRY_RUN_STEPS} if args.dry_run else {}))
+                         device=resolve_device(args.device), progress=False, checkpoint_every=args.checkpoint_every,
+                         on_divergence=args.on_divergence, **({"steps": DRY_RUN_STEPS} if args.dry_run else {}))
     config.data_dir = str(resolve_data_dir("mnist", args.data_dir, environ))
     config.dry_run, config.download = args.dry_run, not args.dry_run
-    run_dir = prepare_run_dir(args.out, f"gist-{method}", args.force)
+    validate_classifier_config(config, build_gist_model)
+    _run(config, prepare_run_dir(args.out, f"gist-{method}", args.force))
+
+
+def _gist_printer() -> Callable[[dict[str, Any]], None]:
+    """Prints what the gist printed: test accuracy at each evaluation, the smoothed loss every 100
+    iterations. A resumed run smooths only the losses since it resumed."""
     losses: list[float] = []
 
     def on_record(record: dict[str, Any]) -> None:
@@ -279,14 +362,7 @@ def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
             print(f"iteration {step}: test accuracy {record['test/acc']:.3f}")
         if step % 100 == 0:
             print(f"\titeration {step}: smooth_loss {smooth(losses)[-1]:.3f}, synth_loss {record['sg/loss/0']:.3f}")
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # batches of 10 through a 784-100-10 net: threads cost more than they give
-    try:
-        summary = run_experiment(config, run_dir, model_builder=build_gist_model, on_record=on_record)
-    finally:
-        torch.set_num_threads(threads)
-    _report(summary, run_dir, plot_run(run_dir))
+    return on_record
 
 
 def command_plot(args: argparse.Namespace, environ: dict[str, str]) -> None:
@@ -309,6 +385,10 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
     except TrainingDiverged as error:
         print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
         return DIVERGED_STATUS
+    except InvalidConfig as error:  # the same checks as the library's, spelled with this command's flags
+        flags = {name: "--" + name.replace("_", "-") for name in vars(args)}
+        print(f"synthgrad {args.command}: error: {error.spelled(flags)}", file=sys.stderr)
+        return 2
     except SynthgradError as error:
         print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ from synthgrad.synthesizers import LinearSynthesizer
 from synthgrad.trainer import TrainConfig
 
 HIDDEN_DIM = 100
+GIST_MODEL = "gist"
+"""``ClassifierConfig.model`` of a gist run."""
 
 
 def gist_config(method: str = "dni", **train_overrides: object) -> ClassifierConfig:
@@ -23,9 +25,9 @@ def gist_config(method: str = "dni", **train_overrides: object) -> ClassifierCon
     ``train_overrides`` applied to the ``TrainConfig``."""
     settings = dict(steps=1000, batch_size=10, lr=2e-2, synth_lr=3e-3, optimizer="sgd",
                     lr_schedule="constant", synth_every=1, eval_every=500, log_every=1, stats_every=1,
-                    use_context=method == "cdni")
+                    checkpoint_every=100, use_context=method == "cdni")
     settings.update(train_overrides)
-    return ClassifierConfig(dataset="mnist", model="gist", method=method, layers=1, width=HIDDEN_DIM,
+    return ClassifierConfig(dataset="mnist", model=GIST_MODEL, method=method, layers=1, width=HIDDEN_DIM,
                             synth_layers=0, synth_width=HIDDEN_DIM,
                             train=TrainConfig(**settings))  # type: ignore[arg-type]
 

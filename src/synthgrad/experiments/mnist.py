@@ -14,7 +14,7 @@ from torch import nn
 
 from synthgrad.data import IDX_DATASETS, load_idx_dataset
 from synthgrad.decoupled import DecoupledSequential
-from synthgrad.errors import SynthgradError
+from synthgrad.experiments.validation import validate_classifier_config
 from synthgrad.metrics import CONFIG_FILE, SAMPLES_FILE, SUMMARY_FILE, write_json
 from synthgrad.probe import gradient_snapshot
 from synthgrad.synthesizers import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, Synthesizer
@@ -203,14 +203,13 @@ def run_experiment(
 
     ``on_record`` sees every metrics record; ``on_note`` gets remarks for the user (e.g. that a dry
     run uses stand-in data); ``resume`` is a checkpoint of this run to continue from;
-    ``stop_requested`` is asked after every step (see ``trainer.train``)."""
+    ``stop_requested`` is asked after every step (see ``trainer.train``). An impossible ``config``
+    raises ``InvalidConfig`` before anything is loaded or written."""
+    validate_classifier_config(config, model_builder)
     train_split, test_split, note = load_splits(config.dataset, config.data_dir, download=config.download,
                                                 dry_run=config.dry_run)
     if note:
         on_note(note)
-    if config.train.batch_size > len(train_split.labels):
-        raise SynthgradError(f"--batch-size {config.train.batch_size} is larger than the {len(train_split.labels)} "
-                             f"training examples of this {config.dataset} run; choose a smaller batch size")
     torch.manual_seed(config.train.seed)
     model = model_builder(config)
     run_dir.mkdir(parents=True, exist_ok=True)
