@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from synthgrad import DecoupledSequential, LinearSynthesizer
+from synthgrad.cli import DIVERGED_STATUS, main
 from synthgrad.divergence import MAX_CONSECUTIVE_SKIPS, SKIP_SYNTH_LR_FACTOR, TrainingDiverged, part_of
 from synthgrad.trainer import Split, TrainConfig, train
 
@@ -170,3 +171,15 @@ def test_enormous_learning_rate_exits_with_status_3_and_one_line(tmp_path):
 ])
 def test_parts_are_named_for_people(name, part):
     assert part_of(name) == part
+
+
+def test_on_divergence_skip_gives_up_with_status_3(tmp_path, capsys):
+    """From the command line: with every weight blown up by an enormous learning rate each step is
+    non-finite, so the run skips ten in a row and then stops as it would have without skipping."""
+    data = Path(os.environ.get("SYNTHGRAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    argv = ["train", "--lr", "1e30", "--synth-lr", "1e30", "--steps", "50", "--layers", "1", "--width", "16",
+            "--on-divergence", "skip", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(argv, {"SYNTHGRAD_DATA": str(data)}) == DIVERGED_STATUS
+    stderr = capsys.readouterr().err
+    assert f"gave up after {MAX_CONSECUTIVE_SKIPS} skipped steps in a row" in stderr and stderr.count("\n") == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["on_divergence"] == "skip"

@@ -77,7 +77,7 @@ def load_states(checkpoint: dict[str, Any], path: Path, **stateful: Any) -> None
             obj.load_state_dict(checkpoint[name])
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
             detail = (f"it has no {name!r} entry" if isinstance(error, KeyError) else
-                      next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error)))
+                      next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error)).rstrip("."))
             raise SynthgradError(f"{path} does not fit this run's {name} ({detail}); it was written by another "
                                  "model or configuration: resume from the run that wrote it, or start again "
                                  "with --force") from None

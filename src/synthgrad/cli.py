@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from synthgrad.checkpoints import list_checkpoints, load_latest_checkpoint
+from synthgrad.checkpoints import checkpoint_path, list_checkpoints, load_latest_checkpoint, load_states
 from synthgrad.divergence import ON_DIVERGENCE, SKIP_SYNTH_LR_FACTOR, TrainingDiverged
 from synthgrad.errors import InvalidConfig, SynthgradError
 from synthgrad.experiments.gist import GIST_MODEL, build_gist_model, gist_config
@@ -334,6 +334,8 @@ def _load_interrupted_run(run_dir: Path) -> tuple[ClassifierConfig, dict[str, An
     if checkpoint is None:
         raise SynthgradError(f"{run_dir} has no readable checkpoint (the run stopped before its first one, or "
                              f"every one is corrupt); start it again with --out {run_dir} --force")
+    with torch.random.fork_rng(devices=[]):  # the trainer checks again; this says so before any work
+        load_states(checkpoint, checkpoint_path(run_dir, checkpoint["step"]), model=_model_builder(config)(config))
     return config, checkpoint
 
 
