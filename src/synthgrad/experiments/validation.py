@@ -6,7 +6,7 @@ flags (``--batch-size``), and says what would be allowed.
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import MISSING, fields, replace
 from typing import TYPE_CHECKING, Callable, Collection
 
 import torch
@@ -65,12 +65,12 @@ def validate_classifier_config(
 
 
 def _check_types(config: object) -> None:
-    """Each field holds its default's type (an int where a float is expected is fine); a field whose
-    default is ``None`` holds ``None`` or a number."""
+    """Each field holds its default's type (an int where a float is expected is fine); an ``Optional``
+    field may hold ``None``, and one whose default is ``None`` a number."""
     for field in fields(config):  # type: ignore[arg-type]
         value, default = getattr(config, field.name), field.default
-        if field.name == "train" or value is None and default is None:
-            continue
+        if default is MISSING or value is None and (default is None or "Optional" in str(field.type)):
+            continue  # a field without a plain default (e.g. the nested TrainConfig) is checked on its own
         expected = (int, float) if default is None or isinstance(default, float) else type(default)
         if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
             kind = "a number" if isinstance(expected, tuple) else f"of type {expected.__name__}"
