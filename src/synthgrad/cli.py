@@ -206,7 +206,7 @@ def _report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> 
 
 def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if args.resume:
-        return _resume(args.out, args, expected="train")
+        return _resume_flag(args)
     config = ClassifierConfig(
         dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),
         download=not args.dry_run, model=args.model, method=args.method, layers=args.layers, width=args.width,
@@ -280,32 +280,35 @@ def _print_epoch(record: dict[str, Any]) -> None:
 
 
 def command_resume(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    _resume(args.run_dir, args)
+    _resume(args.run_dir, progress=not args.no_progress)
 
 
 _RESUME_KEEPS = {"command", "resume", "out", "no_progress"}
 """What may be given with ``--resume``; everything else comes from the run's ``config.json``."""
 
 
-def _resume(run_dir: Optional[Path], args: argparse.Namespace, expected: Optional[str] = None) -> None:
-    """``synthgrad resume RUN_DIR`` and ``synthgrad <command> --resume --out RUN_DIR``: continue the run
-    in ``run_dir`` (of kind ``expected``, when given: ``train`` or ``gist``) from its newest readable
-    checkpoint."""
-    if expected is not None:
-        if run_dir is None:
-            raise SynthgradError("--resume needs --out RUN_DIR, the directory of the run to continue")
-        extra = sorted(_explicit_options(args) - _RESUME_KEEPS)
-        if extra:
-            flag = "--" + extra[0].replace("_", "-")
-            raise SynthgradError(f"--resume continues {run_dir} with the options it was started with (its "
-                                 f"{CONFIG_FILE}); drop {flag}, or start a new run without --resume")
-    assert run_dir is not None
+def _resume_flag(args: argparse.Namespace) -> None:
+    """``synthgrad <command> --resume --out RUN_DIR``: ``synthgrad resume RUN_DIR``, for a run of this
+    command only, and without options that would contradict the run's own."""
+    if args.out is None:
+        raise SynthgradError("--resume needs --out RUN_DIR, the directory of the run to continue")
+    extra = sorted(_explicit_options(args) - _RESUME_KEEPS)
+    if extra:
+        raise SynthgradError(f"--resume continues {args.out} with the options it was started with (its "
+                             f"{CONFIG_FILE}); drop --{extra[0].replace('_', '-')}, or start a new run without "
+                             "--resume")
+    _resume(args.out, progress=not args.no_progress, expected=args.command)
+
+
+def _resume(run_dir: Path, *, progress: bool, expected: Optional[str] = None) -> None:
+    """Continue the run in ``run_dir`` (a run of the command ``expected``, when given) from its newest
+    readable checkpoint."""
     config, checkpoint = _load_interrupted_run(run_dir)
     kind = "gist" if config.model == GIST_MODEL else "train"
     if expected is not None and kind != expected:
         raise SynthgradError(f"{run_dir} holds a synthgrad {kind} run; continue it with synthgrad {kind} --resume "
                              f"--out {run_dir}")
-    config.train.progress = not args.no_progress and kind == "train"
+    config.train.progress = progress and kind == "train"
     print(f"resuming {run_dir} from step {checkpoint['step']}", file=sys.stderr)
     _run(config, run_dir, resume=checkpoint)
 
@@ -341,7 +344,7 @@ def _load_interrupted_run(run_dir: Path) -> tuple[ClassifierConfig, dict[str, An
 
 def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if args.resume:
-        return _resume(args.out, args, expected="gist")
+        return _resume_flag(args)
     method = "cdni" if args.cdni else "dni"
     config = gist_config(method, synth_every=args.synth_every, synth_lr=args.synth_lr, seed=args.seed,
                          device=resolve_device(args.device), progress=False, checkpoint_every=args.checkpoint_every,
