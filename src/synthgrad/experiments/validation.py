@@ -6,7 +6,8 @@ flags (``--batch-size``), and says what would be allowed.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, fields, replace
+import re
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Callable, Collection
 
 import torch
@@ -64,16 +65,23 @@ def validate_classifier_config(
     _check_input_shape(config, model_builder)
 
 
+_SIMPLE_TYPE = re.compile(r"^(Optional\[)?(int|float|str|bool)\]?$")
+_KINDS = {"int": ((int,), "an int"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+          "bool": ((bool,), "true or false")}
+"""What each simple annotation admits (an int where a float is expected is fine), and its name."""
+
+
 def _check_types(config: object) -> None:
-    """Each field holds its default's type (an int where a float is expected is fine); an ``Optional``
-    field may hold ``None``, and one whose default is ``None`` a number."""
+    """Each field annotated ``int``, ``float``, ``str`` or ``bool`` (or ``Optional`` of one) holds that
+    (or ``None``); fields of other types are checked elsewhere (the nested ``TrainConfig`` on its own)."""
     for field in fields(config):  # type: ignore[arg-type]
-        value, default = getattr(config, field.name), field.default
-        if default is MISSING or value is None and (default is None or "Optional" in str(field.type)):
-            continue  # a field without a plain default (e.g. the nested TrainConfig) is checked on its own
-        expected = (int, float) if default is None or isinstance(default, float) else type(default)
-        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-            kind = "a number" if isinstance(expected, tuple) else f"of type {expected.__name__}"
+        annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+        match = _SIMPLE_TYPE.match(annotation)
+        value = getattr(config, field.name)
+        if match is None or value is None and match.group(1):
+            continue
+        kinds, kind = _KINDS[match.group(2)]
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
             raise InvalidConfig(f"{{0}} must be {kind}, got {value!r}", field.name)
 
 
