@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from synthgrad.checkpoints import list_checkpoints, load_latest_checkpoint, prune_checkpoints, save_atomically
@@ -176,3 +177,17 @@ def test_train_resume_flag_is_synthgrad_resume(tmp_path, capsys):
         assert f"resuming {victim} from step 1" in capsys.readouterr().err
         _assert_same_final_weights(reference, victim)
         assert _records(victim) == _records(reference)
+
+
+@pytest.mark.parametrize("argv", [["resume", "RUN"], ["train", "--resume", "--out", "RUN"]])
+def test_a_resumed_run_can_switch_to_skipping_non_finite_steps(tmp_path, capsys, argv):
+    """What a diverged run needs to go on past the step that stopped it; nothing else changes."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dry-run", "--no-progress", "--layers", "1", "--width", "16", "--log-every", "1",
+                 "--checkpoint-every", "1", "--data-dir", str(tmp_path / "no-mnist"), "--out", str(run_dir)],
+                environ={}) == 0
+    _crash_after(run_dir, 1)
+    argv = [str(run_dir) if arg == "RUN" else arg for arg in argv]
+    assert main([*argv, "--no-progress", "--on-divergence", "skip"], environ={}) == 0
+    assert json.loads((run_dir / "config.json").read_text())["train"]["on_divergence"] == "skip"
+    assert [record.get("train/skipped_steps") for record in _records(run_dir)] == [None, 0, 0]

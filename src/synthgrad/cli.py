@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue an interrupted run from its newest readable checkpoint")
     resume.add_argument("run_dir", type=Path, help="the run directory (--out) of the interrupted run")
     resume.add_argument("--no-progress", action="store_true", help="no progress bar")
+    resume.add_argument("--on-divergence", choices=ON_DIVERGENCE,
+                        help="change what a non-finite step does from here on (default: as the run was started)")
 
     plot = commands.add_parser("plot", help="draw a run directory's curves and figures to PNG files")
     plot.add_argument("run_dir", type=Path, help="a directory written by synthgrad train or gist")
@@ -280,11 +282,13 @@ def _print_epoch(record: dict[str, Any]) -> None:
 
 
 def command_resume(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    _resume(args.run_dir, progress=not args.no_progress)
+    _resume(args.run_dir, progress=not args.no_progress, on_divergence=args.on_divergence)
 
 
-_RESUME_KEEPS = {"command", "resume", "out", "no_progress"}
-"""What may be given with ``--resume``; everything else comes from the run's ``config.json``."""
+_RESUME_KEEPS = {"command", "resume", "out", "no_progress", "on_divergence"}
+"""What may be given with ``--resume``; everything else comes from the run's ``config.json``. A run that
+diverged can go on past that step with ``--on-divergence skip``: nothing else changes until a step
+would be skipped."""
 
 
 def _resume_flag(args: argparse.Namespace) -> None:
@@ -292,23 +296,27 @@ def _resume_flag(args: argparse.Namespace) -> None:
     command only, and without options that would contradict the run's own."""
     if args.out is None:
         raise SynthgradError("--resume needs --out RUN_DIR, the directory of the run to continue")
-    extra = sorted(_explicit_options(args) - _RESUME_KEEPS)
+    explicit = _explicit_options(args)
+    extra = sorted(explicit - _RESUME_KEEPS)
     if extra:
         raise SynthgradError(f"--resume continues {args.out} with the options it was started with (its "
                              f"{CONFIG_FILE}); drop --{extra[0].replace('_', '-')}, or start a new run without "
                              "--resume")
-    _resume(args.out, progress=not args.no_progress, expected=args.command)
+    _resume(args.out, progress=not args.no_progress, expected=args.command,
+            on_divergence=args.on_divergence if "on_divergence" in explicit else None)
 
 
-def _resume(run_dir: Path, *, progress: bool, expected: Optional[str] = None) -> None:
+def _resume(run_dir: Path, *, progress: bool, expected: Optional[str] = None,
+            on_divergence: Optional[str] = None) -> None:
     """Continue the run in ``run_dir`` (a run of the command ``expected``, when given) from its newest
-    readable checkpoint."""
+    readable checkpoint, with ``on_divergence`` from here on when given."""
     config, checkpoint = _load_interrupted_run(run_dir)
     kind = "gist" if config.model == GIST_MODEL else "train"
     if expected is not None and kind != expected:
         raise SynthgradError(f"{run_dir} holds a synthgrad {kind} run; continue it with synthgrad {kind} --resume "
                              f"--out {run_dir}")
     config.train.progress = progress and kind == "train"
+    config.train.on_divergence = on_divergence or config.train.on_divergence
     print(f"resuming {run_dir} from step {checkpoint['step']}", file=sys.stderr)
     _run(config, run_dir, resume=checkpoint)
 
