@@ -245,7 +245,9 @@ BAD_ARGUMENTS = [
 def test_bad_argument_exits_2(tmp_path, environ, capsys, flags, fragment):
     run_dir = tmp_path / "run"
     assert _run(["train", "--dry-run", "--no-progress", "--out", str(run_dir), *flags], environ) == 2
-    assert fragment in capsys.readouterr().err
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("synthgrad") and ": error: " in stderr and stderr.count("\n") == 1, stderr
+    assert fragment in stderr and stderr.endswith(" --help)\n")
     assert not run_dir.exists()
 
 

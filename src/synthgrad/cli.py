@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -99,8 +99,16 @@ def _add_survival_arguments(parser: argparse.ArgumentParser, defaults: TrainConf
                         f"(default {defaults.on_divergence})")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, like every other mistake (argparse's own print
+    the whole usage first, which for ``train`` buries the message under fifteen lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synthgrad", description="Train networks with synthetic gradients "
+    parser = _Parser(prog="synthgrad", description="Train networks with synthetic gradients "
                                      "(Decoupled Neural Interfaces, arXiv 1608.05343).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
