@@ -12,6 +12,7 @@ from synthgrad.checkpoints import list_checkpoints
 from synthgrad.errors import SynthgradError
 
 _CUT = re.compile(r"^interfaces\.(\w+)\.synthesizer\.")
+_FORWARD_UNLOCK = re.compile(r"^forward_unlocks\.(\w+)\.synthesizer\.")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -22,7 +23,8 @@ class TrainingDiverged(SynthgradError):
 def part_of(parameter_name: str) -> str:
     """A readable name for the part of a model a parameter belongs to: ``synthesizer at cut 2`` and
     ``block 1`` in a ``DecoupledSequential``, the module path otherwise."""
-    for pattern, label in ((_CUT, "synthesizer at cut {}"), (_BLOCK, "block {}")):
+    for pattern, label in ((_CUT, "synthesizer at cut {}"), (_FORWARD_UNLOCK, "input synthesizer at cut {}"),
+                           (_BLOCK, "block {}")):
         match = pattern.match(parameter_name)
         if match:
             return label.format(match.group(1))
