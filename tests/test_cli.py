@@ -495,3 +495,80 @@ def test_checkpoint_of_another_model_shows_no_traceback(tmp_path, interrupted_ru
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("synthgrad resume: error: ") and "does not fit this run's model" in line
+
+
+# ------------------------------------------------------------ the paper's presets and methods (issue 3)
+
+
+@pytest.mark.parametrize("argv, cuts, unlocks", [
+    (["--model", "fcn3", "--method", "cdni", "--forward-unlock"], [0, 1], [0, 1]),
+    (["--model", "fcn5", "--method", "dni", "--update-prob", "0.2"], [0, 1, 2, 3], []),
+    (["--model", "cnn3", "--method", "no-backprop"], [], []),
+    (["--model", "cnn4", "--method", "cdni", "--synth-width", "8"], [0, 1, 2], []),
+])
+def test_train_accepts_the_papers_presets(tmp_path, environ, no_network, argv, cuts, unlocks):
+    run_dir = tmp_path / "run"
+    assert _run(["train", "--dry-run", "--no-progress", "--out", str(run_dir), *argv], environ) == 0
+    keys = {key for record in _records(run_dir) for key in record}
+    assert {key for key in keys if key.startswith("sg/cos/")} == {f"sg/cos/{cut}" for cut in cuts}
+    assert {key for key in keys if key.startswith("si/cos/")} == {f"si/cos/{cut}" for cut in unlocks}
+    config = _config_from_json(run_dir)
+    assert config.model == argv[1] and config.method == argv[3]
+
+
+def test_paper_flag_sets_the_papers_optimisation_unless_overridden(tmp_path, environ, no_network):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--dry-run", "--no-progress", "--model", "fcn3", "--paper", "--lr", "1e-4", "--out", str(run_dir)]
+    assert _run(argv, environ) == 0
+    train = _config_from_json(run_dir).train
+    assert (train.optimizer, train.synth_lr, train.batch_size, train.lr_schedule) == ("adam", 3e-5, 256, "constant")
+    assert train.lr == 1e-4  # given explicitly: it wins
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--model", "fcn4", "--layers", "5"], "--layers sets the depth of --model mlp; --model fcn4 fixes its own"),
+    (["--model", "cnn3", "--forward-unlock"], "--forward-unlock is available for the fully connected models"),
+])
+def test_impossible_preset_combinations(tmp_path, environ, capsys, flags, fragment):
+    assert _run(["train", "--dry-run", "--no-progress", "--out", str(tmp_path / "run"), *flags], environ) == 2
+    _assert_one_line_error(capsys, fragment)
+
+
+def test_update_prob_must_be_a_probability(tmp_path, environ, capsys):
+    assert _run(["train", "--dry-run", "--update-prob", "1.5", "--out", str(tmp_path / "run")], environ) == 2
+    assert "argument --update-prob: expected a probability in [0, 1], got '1.5'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- bench table1
+
+
+def test_bench_table1_dry_run_writes_the_table_and_resumes(tmp_path, environ, no_network, capsys):
+    out = tmp_path / "table1"
+    argv = ["bench", "table1", "--dry-run", "--no-progress", "--models", "fcn3", "cnn3", "--methods", "no-backprop",
+            "cdni", "--seeds", "0", "1", "--batch-size", "8", "--out", str(out)]
+    assert _run(argv, environ) == 0
+    table = (out / "table1.md").read_text()
+    assert table.startswith("Made by `synthgrad bench table1 --datasets mnist --models fcn3 cnn3 --methods no-backprop "
+                            "cdni --seeds 0 1 --batch-size 8 --out ")
+    assert "|  | No Bprop | cDNI |" in table
+    assert "| FCN 3 layers" in table and "| CNN 3 layers" in table and "median of 2 seeds" in table
+    results = json.loads((out / "results.json").read_text())["cells"]
+    assert len(results) == 2 * 2
+    cell = results["mnist/fcn3/cdni"]
+    assert len(cell["test_errors"]) == 2 and cell["test_error"] == pytest.approx(
+        sorted(cell["test_errors"])[0] / 2 + sorted(cell["test_errors"])[1] / 2)
+    assert (out / "table1-mnist.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    finished = out / "mnist" / "fcn3-no-backprop-seed1" / "summary.json"
+    stamp = finished.stat().st_mtime_ns
+    (out / "mnist" / "cnn3-cdni-seed0" / "summary.json").unlink()  # as if cut short
+    assert _run(argv, environ) == 0
+    assert finished.stat().st_mtime_ns == stamp  # finished cells are read back, not rerun
+    assert (out / "mnist" / "cnn3-cdni-seed0" / "summary.json").is_file()
+    assert json.loads((out / "results.json").read_text())["cells"].keys() == results.keys()
+
+
+def test_bench_table1_rejects_an_unknown_model(tmp_path, environ, capsys):
+    assert _run(["bench", "table1", "--dry-run", "--models", "fcn9", "--out", str(tmp_path / "t")], environ) == 2
+    stderr = capsys.readouterr().err
+    assert "--models fcn9: choose from fcn3, fcn4, fcn5, fcn6, cnn3, cnn4" in stderr and stderr.count("\n") == 1

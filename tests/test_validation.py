@@ -1,12 +1,14 @@
 """Tests for synthgrad.experiments.validation: a run's configuration is refused before any work, with
 one message that names the fields at fault and what is allowed, spelled for the library or the CLI."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from synthgrad.errors import InvalidConfig
 from synthgrad.experiments.gist import build_gist_model, gist_config
 from synthgrad.experiments.mnist import ClassifierConfig, build_model
-from synthgrad.experiments.validation import DATASET_IMAGE_SHAPES, validate_classifier_config
+from synthgrad.experiments.validation import IMAGE_SHAPES, validate_classifier_config
 from synthgrad.trainer import TrainConfig
 
 FLAGS = {"model": "--model", "dataset": "--dataset", "method": "--method", "synth_lr": "--synth-lr",
@@ -19,23 +21,25 @@ def _refusal(config: ClassifierConfig, explicit=()) -> InvalidConfig:
     return raised.value
 
 
-def test_dataset_shapes_come_from_the_dataset_specs():
-    assert DATASET_IMAGE_SHAPES == {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar-10": (3, 32, 32)}
-
-
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
-def test_a_preset_on_images_of_another_shape_names_the_datasets_it_takes(model):
-    error = _refusal(ClassifierConfig(dataset="cifar-10", model=model, method="dni"))
-    assert error.spelled(FLAGS).startswith(f"--model {model} does not take --dataset cifar-10's 3x32x32 images (")
+def test_a_model_on_images_of_another_shape_names_the_datasets_it_takes():
+    """The gist's network is built for 28x28 digits whatever the dataset."""
+    config = replace(gist_config("dni"), dataset="cifar-10")
+    with pytest.raises(InvalidConfig) as raised:
+        validate_classifier_config(config, build_gist_model)
+    error = raised.value
+    assert error.spelled(FLAGS).startswith("--model gist does not take --dataset cifar-10's 3x32x32 images (")
     assert error.spelled(FLAGS).endswith("choose --dataset mnist or fashion-mnist, or another --model")
-    assert str(error).startswith(f"model {model} does not take dataset cifar-10's")  # the library's spelling
+    assert str(error).startswith("model gist does not take dataset cifar-10's")  # the library's spelling
     assert isinstance(error, ValueError)
 
 
-def test_presets_take_their_own_datasets():
-    for config in (ClassifierConfig(), ClassifierConfig(model="cnn", dataset="fashion-mnist"),
-                   ClassifierConfig(method="backprop")):
-        validate_classifier_config(config, build_model)
+@pytest.mark.parametrize("model", ["mlp", "cnn", "fcn3", "cnn4"])
+@pytest.mark.parametrize("dataset", IMAGE_SHAPES)
+def test_presets_take_every_dataset(model, dataset):
+    validate_classifier_config(ClassifierConfig(model=model, dataset=dataset, method="dni"), build_model)
+
+
+def test_the_gist_takes_mnist():
     validate_classifier_config(gist_config("cdni"), build_gist_model)
 
 
@@ -49,9 +53,10 @@ def test_validation_draws_nothing_from_the_callers_generator():
 
 def test_options_only_count_against_the_method_when_given():
     validate_classifier_config(ClassifierConfig(method="backprop"), build_model)  # synth defaults are fine
-    error = _refusal(ClassifierConfig(method="backprop"), explicit={"synth_lr"})
-    assert error.spelled(FLAGS) == ("--synth-lr sets synthesizers, but --method backprop has none; drop --synth-lr "
-                                    "or choose --method dni or cdni")
+    for method in ("backprop", "no-backprop"):
+        error = _refusal(ClassifierConfig(method=method), explicit={"synth_lr"})
+        assert error.spelled(FLAGS) == (f"--synth-lr sets synthesizers, but --method {method} has none; drop "
+                                        "--synth-lr or choose --method dni or cdni")
     error = _refusal(ClassifierConfig(method="dni", synth_rank=8), explicit={"synth_rank"})
     assert "--synth-rank applies to cDNI's linear synthesizers only, not to --method dni" in error.spelled(FLAGS)
 

@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from synthgrad.checkpoints import checkpoint_path, list_checkpoints, load_latest_checkpoint, load_states
+from synthgrad.bench.table1 import CNN_EPOCHS, FCN_EPOCHS, TABLE1_METHODS, TABLE1_MODELS, Table1Config, run_table1
+from synthgrad.checkpoints import checkpoint_path, load_latest_checkpoint, load_states
 from synthgrad.divergence import ON_DIVERGENCE, SKIP_SYNTH_LR_FACTOR, TrainingDiverged
 from synthgrad.errors import InvalidConfig, SynthgradError
 from synthgrad.experiments.gist import GIST_MODEL, build_gist_model, gist_config
@@ -30,6 +31,7 @@ from synthgrad.experiments.mnist import (
     DRY_RUN_STEPS,
     METHODS,
     MODELS,
+    PAPER_TRAINING,
     ClassifierConfig,
     classifier_config_from_dict,
     build_model,
@@ -37,7 +39,7 @@ from synthgrad.experiments.mnist import (
     run_experiment,
 )
 from synthgrad.experiments.validation import validate_classifier_config
-from synthgrad.metrics import CONFIG_FILE, RUN_FILES, SUMMARY_FILE, smooth
+from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, clear_run_files, smooth
 from synthgrad.plots import plot_run
 from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainingInterrupted
 
@@ -67,6 +69,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
     return value
 
 
@@ -107,6 +119,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+TRAIN_OPTION_DEFAULTS = {"steps": None, "epochs": TrainConfig.epochs, **{
+    key: getattr(TrainConfig, key) for key in ("batch_size", "lr", "synth_lr", "optimizer", "lr_schedule")}}
+"""``synthgrad train``'s defaults for the options that ``--paper`` changes."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="synthgrad", description="Train networks with synthetic gradients "
                                      "(Decoupled Neural Interfaces, arXiv 1608.05343).")
@@ -117,10 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     train_defaults = TrainConfig()
     train.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
     train.add_argument("--model", choices=MODELS, default=defaults.model,
-                       help="mlp: --layers hidden layers of --width units; cnn: two conv blocks")
+                       help="mlp: --layers hidden layers of --width units; cnn: two small conv blocks; the "
+                       "paper's Table 1 nets: fcn3..fcn6 (N layers counting the output layer, 256 units each), "
+                       "cnn3, cnn4 (128 5x5 filters per conv layer)")
     train.add_argument("--method", choices=METHODS, default=defaults.method,
-                       help="backprop, dni (synthesizers see the activation) or cdni (and the label); default cdni")
-    train.add_argument("--layers", type=_positive(int), default=defaults.layers, help="MLP hidden layers")
+                       help="backprop, no-backprop (only the output layer learns), dni (synthesizers see the "
+                       "activation) or cdni (and the label); default cdni")
+    train.add_argument("--layers", type=_positive(int),
+                       help=f"hidden layers of --model mlp (default {defaults.layers}); the presets fix their depth")
     train.add_argument("--width", type=_positive(int), default=defaults.width, help="MLP hidden units")
     train.add_argument("--synth-layers", type=int, default=defaults.synth_layers,
                        help="hidden layers of each DNI synthesizer (cDNI MLP synthesizers are linear)")
@@ -146,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write a checkpoint every N steps, a multiple of --log-every; 0 for none "
                        f"(default {train_defaults.checkpoint_every}); resume with `synthgrad resume RUN_DIR`")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train_defaults.lr_schedule)
+    train.add_argument("--update-prob", type=_probability, default=train_defaults.update_prob,
+                       help="each block updates its weights at a step only with this probability (the "
+                       "paper's stochastic updates; synthesizers always learn); default 1")
+    train.add_argument("--forward-unlock", action="store_true",
+                       help="complete unlock: each block above the first trains on a prediction of its input "
+                       "made from the network input (mlp and fcn models)")
+    train.add_argument("--paper", action="store_true",
+                       help="the paper's optimisation: " + ", ".join(f"{key} {value}" for key, value
+                                                                   in PAPER_TRAINING.items())
+                       + " (options you give explicitly still win)")
     _add_common_arguments(train)
     _add_survival_arguments(train, train_defaults)
 
@@ -166,6 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-progress", action="store_true", help="no progress bar")
     resume.add_argument("--on-divergence", choices=ON_DIVERGENCE,
                         help="change what a non-finite step does from here on (default: as the run was started)")
+
+    bench = commands.add_parser("bench", help="run a benchmark grid and write its table and figures")
+    benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    table1 = benchmarks.add_parser("table1", help="the paper's Table 1: feed-forward nets, every layer decoupled")
+    table1.add_argument("--datasets", nargs="+", default=["mnist"], help="mnist and/or cifar-10 (default mnist)")
+    table1.add_argument("--models", nargs="+", default=list(TABLE1_MODELS),
+                        help=f"default all: {' '.join(TABLE1_MODELS)}")
+    table1.add_argument("--methods", nargs="+", default=list(TABLE1_METHODS),
+                        help=f"default all: {' '.join(TABLE1_METHODS)}")
+    table1.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; the table shows the median")
+    table1.add_argument("--epochs", type=_positive(int),
+                        help=f"epochs of every cell (default {FCN_EPOCHS} for FCNs, {CNN_EPOCHS} for CNNs)")
+    table1.add_argument("--batch-size", type=_positive(int), default=TrainConfig.batch_size)
+    table1.add_argument("--data-root", help=f"directory with one folder per dataset (default ${DATA_ENV}, "
+                        "else a per-user cache that datasets are downloaded into)")
+    table1.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    table1.add_argument("--out", type=Path, default=Path("runs/table1"),
+                        help="where the cells' run directories, results.json, table1.md and figures go; "
+                        "rerunning with the same --out skips finished cells (default runs/table1)")
+    table1.add_argument("--dry-run", action="store_true", help="a few steps per cell on at most 1024 examples")
+    table1.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     plot = commands.add_parser("plot", help="draw a run directory's curves and figures to PNG files")
     plot.add_argument("run_dir", type=Path, help="a directory written by synthgrad train or gist")
@@ -199,10 +251,7 @@ def prepare_run_dir(out: Optional[Path], default_name: str, force: bool) -> Path
     if run_dir.exists() and not run_dir.is_dir():
         raise SynthgradError(f"--out {run_dir} is a file, not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    stale = [path for path in run_dir.iterdir() if path.name in RUN_FILES or path.suffix == ".png"]
-    stale += [path for _, path in list_checkpoints(run_dir)]
-    for path in stale:  # --force: nothing of the overwritten run may mix with the new one
-        path.unlink()
+    clear_run_files(run_dir)  # --force: nothing of the overwritten run may mix with the new one
     return run_dir
 
 
@@ -214,18 +263,33 @@ def _report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> 
     print(f"run directory: {run_dir} (figures: {', '.join(path.name for path in figures)})")
 
 
+def _paper_training(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> dict[str, Any]:
+    """``--paper``: the paper's optimisation wherever an option was left at its default."""
+    if not args.paper:
+        return {}
+    paper = {key: value for key, value in PAPER_TRAINING.items() if getattr(args, key) == parser_defaults[key]}
+    if "steps" in paper and args.epochs != parser_defaults["epochs"]:
+        del paper["steps"]  # --epochs given explicitly
+    return paper
+
+
 def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if args.resume:
         return _resume_flag(args)
+    if args.layers is not None and args.model != "mlp":
+        raise SynthgradError(f"--layers sets the depth of --model mlp; --model {args.model} fixes its own depth")
+    options = {**vars(args), **_paper_training(args, TRAIN_OPTION_DEFAULTS)}
     config = ClassifierConfig(
         dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),
-        download=not args.dry_run, model=args.model, method=args.method, layers=args.layers, width=args.width,
-        synth_layers=args.synth_layers, synth_width=args.synth_width, synth_rank=args.synth_rank,
+        download=not args.dry_run, model=args.model, method=args.method,
+        layers=args.layers or ClassifierConfig.layers, width=args.width, synth_layers=args.synth_layers,
+        synth_width=args.synth_width, synth_rank=args.synth_rank, forward_unlock=args.forward_unlock,
         dry_run=args.dry_run,
         train=TrainConfig(
-            epochs=args.epochs, steps=DRY_RUN_STEPS if args.dry_run else args.steps, batch_size=args.batch_size,
-            lr=args.lr, synth_lr=args.synth_lr, decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method),
-            optimizer=args.optimizer, lr_schedule=args.lr_schedule, use_context=args.method == "cdni",
+            epochs=args.epochs, steps=DRY_RUN_STEPS if args.dry_run else options["steps"],
+            batch_size=options["batch_size"], lr=options["lr"], synth_lr=options["synth_lr"],
+            decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method), optimizer=options["optimizer"],
+            lr_schedule=options["lr_schedule"], update_prob=args.update_prob, use_context=args.method == "cdni",
             seed=args.seed, device=resolve_device(args.device), progress=not args.no_progress,
             log_every=args.log_every, checkpoint_every=args.checkpoint_every, on_divergence=args.on_divergence,
         ),
@@ -386,12 +450,29 @@ def _gist_printer() -> Callable[[dict[str, Any]], None]:
     return on_record
 
 
+def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    root = {DATA_ENV: args.data_root} if args.data_root else environ
+    config = Table1Config(
+        data_dirs={dataset: str(resolve_data_dir(dataset, None, root)) for dataset in args.datasets},
+        datasets=tuple(args.datasets), models=tuple(args.models), methods=tuple(args.methods),
+        seeds=tuple(args.seeds), epochs=args.epochs, device=resolve_device(args.device), dry_run=args.dry_run,
+        progress=not args.no_progress, train_overrides={"batch_size": args.batch_size},
+    )
+    command = " ".join([
+        "synthgrad bench table1", "--datasets", *args.datasets, "--models", *args.models, "--methods", *args.methods,
+        "--seeds", *map(str, args.seeds), *(["--epochs", str(args.epochs)] if args.epochs else []),
+        "--batch-size", str(args.batch_size), "--out", str(args.out), *(["--dry-run"] if args.dry_run else [])])
+    run_table1(config, args.out, command=command, on_note=lambda note: tqdm.write(note, file=sys.stderr))
+    print((args.out / "table1.md").read_text())
+
+
 def command_plot(args: argparse.Namespace, environ: dict[str, str]) -> None:
     for path in plot_run(args.run_dir):
         print(path)
 
 
-COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resume, "plot": command_plot}
+COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resume, "bench": command_bench,
+            "plot": command_plot}
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]] = None) -> int:

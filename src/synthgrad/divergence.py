@@ -33,6 +33,7 @@ skipped (the synthesizers' rate is then 0.5**10, about 1e-3 of what it was): by 
 themselves are non-finite, or every batch makes them so, and skipping more would only hide it."""
 
 _CUT = re.compile(r"^interfaces\.(\w+)\.synthesizer\.")
+_FORWARD_UNLOCK = re.compile(r"^forward_unlocks\.(\w+)\.synthesizer\.")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -44,7 +45,8 @@ class TrainingDiverged(SynthgradError):
 def part_of(parameter_name: str) -> str:
     """A readable name for the part of a model a parameter belongs to: ``synthesizer at cut 2`` and
     ``block 1`` in a ``DecoupledSequential``, the module path otherwise."""
-    for pattern, label in ((_CUT, "synthesizer at cut {}"), (_BLOCK, "block {}")):
+    for pattern, label in ((_CUT, "synthesizer at cut {}"), (_FORWARD_UNLOCK, "input synthesizer at cut {}"),
+                           (_BLOCK, "block {}")):
         match = pattern.match(parameter_name)
         if match:
             return label.format(match.group(1))

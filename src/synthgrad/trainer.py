@@ -23,7 +23,12 @@ from synthgrad.decoupled import DecoupledSequential
 from synthgrad.divergence import ON_DIVERGENCE, DivergenceGuard
 from synthgrad.errors import InvalidConfig
 from synthgrad.functional import gradient_cosine, synthesizer_loss
-from synthgrad.interfaces import block_parameters, named_backward_interfaces, synthesizer_parameters
+from synthgrad.interfaces import (
+    block_parameters,
+    named_backward_interfaces,
+    named_forward_interfaces,
+    synthesizer_parameters,
+)
 from synthgrad.metrics import FINAL_CHECKPOINT, MetricsLog, truncate_metrics
 
 
@@ -54,6 +59,10 @@ class TrainConfig:
     synthesizers' targets keep moving, and a decaying step size is what keeps the final accuracy at
     the best epoch's instead of drifting away from it.
 
+    ``update_prob`` (a ``DecoupledSequential`` only): at each step each block updates its weights
+    only with this probability, independently of the others (paper section 3.1, stochastic updates:
+    decoupled layers need not update in lockstep); synthesizers update at every step regardless.
+
     ``on_divergence``: what a step with a non-finite loss or gradient does (see ``synthgrad.divergence``):
     ``"stop"`` the run, or ``"skip"`` the step and halve the synthesizers' learning rate.
     """
@@ -68,6 +77,7 @@ class TrainConfig:
     momentum: float = 0.0
     lr_schedule: str = "cosine"
     synth_every: int = 1
+    update_prob: float = 1.0
     use_context: bool = False
     num_classes: int = 10
     eval_every: Optional[int] = None
@@ -93,9 +103,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.decoupled_lr is not None:
         if not isinstance(model, DecoupledSequential):
             raise ValueError("decoupled_lr needs a DecoupledSequential, which knows which blocks are below a cut")
-        decoupled = list(model.decoupled_parameters())
+        decoupled = [param for param in model.decoupled_parameters() if param.requires_grad]
     decoupled_ids = {id(param) for param in decoupled}
-    groups = [{"params": [param for param in block_parameters(model) if id(param) not in decoupled_ids],
+    # frozen parameters (requires_grad=False, e.g. the lower layers of the no-backprop baseline) stay out
+    groups = [{"params": [param for param in block_parameters(model)
+                          if id(param) not in decoupled_ids and param.requires_grad],
                "lr": config.lr}]
     if decoupled:
         groups.append({"params": decoupled, "lr": config.decoupled_lr})
@@ -119,6 +131,8 @@ def validate_train_config(config: TrainConfig, num_examples: Optional[int] = Non
             raise InvalidConfig(f"{{0}} must be one of {', '.join(allowed)}, got {value!r}", field)
     if config.steps is not None and config.steps <= 0:
         raise InvalidConfig(f"{{0}} must be positive (or None to train for epochs), got {config.steps}", "steps")
+    if not 0.0 <= config.update_prob <= 1.0:
+        raise InvalidConfig(f"{{0}} must be a probability in [0, 1], got {config.update_prob}", "update_prob")
     for field in ("batch_size", "log_every", "stats_every", "synth_every", "keep_checkpoints"):
         if getattr(config, field) <= 0:
             raise InvalidConfig(f"{{0}} must be positive, got {getattr(config, field)}", field)
@@ -141,15 +155,18 @@ def _lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 class _CutStatistics:
-    """Means of synthesizer loss and gradient cosine at each cut over the steps it was attached for.
+    """Means of synthesizer loss and cosine (prediction vs target) at each interface over the steps it
+    was attached for: ``sg/loss/<k>``, ``sg/cos/<k>`` at cuts, ``si/loss/<k>``, ``si/cos/<k>`` at
+    forward unlocks (synthetic input vs real activation).
 
-    ``attach()`` hooks every cut for the next backward pass; measuring costs about as much as a small
-    synthesizer, so the trainer attaches on every ``stats_every``-th step only.
+    ``attach()`` hooks every interface for the next backward pass; measuring costs about as much as a
+    small synthesizer, so the trainer attaches on every ``stats_every``-th step only.
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._cuts = named_backward_interfaces(model)
-        self._sums = [torch.zeros(2) for _ in self._cuts]  # (loss, cosine) per cut
+        self._cuts = ([(f"sg/{{}}/{name}", interface) for name, interface in named_backward_interfaces(model)]
+                      + [(f"si/{{}}/{name}", interface) for name, interface in named_forward_interfaces(model)])
+        self._sums = [torch.zeros(2) for _ in self._cuts]  # (loss, cosine) per interface
         self._counts = [0 for _ in self._cuts]
         self._handles: list[RemovableHandle] = []
 
@@ -171,12 +188,12 @@ class _CutStatistics:
         return observe
 
     def pop(self) -> dict[str, float]:
-        """The means since the last call, as ``sg/loss/<cut>`` and ``sg/cos/<cut>``; then reset."""
+        """The means since the last call, keyed as in the class docstring; then reset."""
         record = {}
-        for index, ((name, _), sums, count) in enumerate(zip(self._cuts, self._sums, self._counts)):
+        for index, ((key, _), sums, count) in enumerate(zip(self._cuts, self._sums, self._counts)):
             if count:
-                record[f"sg/loss/{name}"] = sums[0].item() / count
-                record[f"sg/cos/{name}"] = sums[1].item() / count
+                record[key.format("loss")] = sums[0].item() / count
+                record[key.format("cos")] = sums[1].item() / count
             sums.zero_()
             self._counts[index] = 0
         return record
@@ -195,6 +212,16 @@ class TrainingInterrupted(Exception):
     def __init__(self, step: int, checkpoint: Path) -> None:
         super().__init__(f"interrupted at step {step}; checkpoint written to {checkpoint}")
         self.step, self.checkpoint = step, checkpoint
+
+
+def _drop_block_updates(model: DecoupledSequential, generator: torch.Generator, update_prob: float) -> None:
+    """Stochastic updates: each block keeps its gradients with probability ``update_prob``; the others
+    drop them, so the optimizer leaves their weights (and moments) untouched this step."""
+    draws = torch.rand(len(model.blocks), generator=generator)  # (num_blocks,)
+    for block, draw in zip(model.blocks, draws.tolist()):
+        if draw >= update_prob:
+            for param in block.parameters():
+                param.grad = None
 
 
 def _epoch_order(seed: int, epoch: int, num_examples: int) -> Tensor:
@@ -238,7 +265,7 @@ def train(
     ``run_dir``.
 
     Returns the summary: final and best test accuracy, ``train_seconds`` (optimisation only, not
-    evaluation), ``steps``, ``epochs`` and the last logged ``sg/*`` value of each cut.
+    evaluation), ``steps``, ``epochs`` and the last logged ``sg/*`` and ``si/*`` value of each interface.
     ``on_record`` is called with every metrics record as it is written (e.g. to print it).
     ``resume``, a checkpoint of this run, continues it from that step; on the CPU the result is
     bit-identical to a run that was never interrupted (the data order follows from the step alone).
@@ -247,6 +274,8 @@ def train(
     """
     num_examples = len(train_split.labels)
     validate_train_config(config, num_examples)
+    if config.update_prob < 1.0 and not isinstance(model, DecoupledSequential):
+        raise ValueError("update_prob < 1 needs a DecoupledSequential, which knows its blocks")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
@@ -263,6 +292,7 @@ def train(
     synth_params = list(synthesizer_parameters(model))
     cut_statistics = _CutStatistics(model)
     guard = DivergenceGuard(model, optimizer, scheduler, run_dir, config.on_divergence)
+    update_rng = torch.Generator().manual_seed(config.seed)  # which blocks update, for update_prob < 1
 
     best_acc, last_record, train_seconds, start_step = 0.0, {}, 0.0, 0
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
@@ -271,6 +301,7 @@ def train(
                     scheduler=scheduler)
         guard.load_state_dict(resume.get("divergence"))
         torch.set_rng_state(resume["rng"])
+        update_rng.set_state(resume["update_rng"])
         start_step = resume["step"]
         best_acc, train_seconds = resume["best_acc"], resume["train_seconds"]
         last_record = dict(resume["last_record"])
@@ -281,7 +312,7 @@ def train(
 
     def state(step: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state(),
+                "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state(), "update_rng": update_rng.get_state(),
                 "best_acc": best_acc, "train_seconds": train_seconds, "last_record": last_record,
                 "interval": {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
                              "cut_statistics": cut_statistics.state_dict()},
@@ -314,6 +345,8 @@ def train(
             if step % config.synth_every != 0:
                 for param in synth_params:
                     param.grad = None  # optimizers skip parameters without a gradient
+            if config.update_prob < 1.0:
+                _drop_block_updates(model, update_rng, config.update_prob)
             if is_finite:
                 optimizer.step()
                 loss_sum += loss.detach() * len(labels)
@@ -362,5 +395,5 @@ def train(
         "train_seconds": train_seconds,
         "steps": total_steps,
         "epochs": total_steps / steps_per_epoch,
-        **{key: value for key, value in last_record.items() if key.startswith("sg/")},
+        **{key: value for key, value in last_record.items() if key.startswith(("sg/", "si/"))},
     }

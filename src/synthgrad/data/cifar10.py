@@ -52,8 +52,6 @@ class Cifar10Spec:
     test_files: tuple[str, ...]
     records_per_file: int
     """Records (images) in each batch file; a file must be exactly this many 3073-byte records."""
-    image_shape: tuple[int, int, int] = _IMAGE_SHAPE
-    """``(channels, height, width)`` of one image as models see it."""
 
 
 CIFAR10_SPEC = Cifar10Spec(

@@ -49,8 +49,6 @@ class IdxDatasetSpec:
     train_labels: IdxFile
     test_images: IdxFile
     test_labels: IdxFile
-    image_shape: tuple[int, int, int] = (1, 28, 28)
-    """``(channels, height, width)`` of one image as models see it."""
 
 
 def _spec(

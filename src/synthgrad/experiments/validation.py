@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Collection
 import torch
 from torch import nn
 
-from synthgrad.data import CIFAR10_SPEC, IDX_DATASETS
+from synthgrad.data import IMAGE_SHAPES
 from synthgrad.errors import InvalidConfig
 from synthgrad.trainer import validate_train_config
 
@@ -23,11 +23,7 @@ if TYPE_CHECKING:
 SYNTHESIZER_OPTIONS = ("synth_layers", "synth_width", "synth_rank", "synth_lr", "decoupled_lr")
 """Fields that only mean something where there are synthesizers (``decoupled_lr`` is the rate of the
 blocks that learn from them)."""
-DATASET_IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
-    **{name: spec.image_shape for name, spec in IDX_DATASETS.items()},
-    CIFAR10_SPEC.name: CIFAR10_SPEC.image_shape,
-}
-"""``(channels, height, width)`` of every known dataset's images, from the dataset specs."""
+METHODS_WITHOUT_SYNTHESIZERS = ("backprop", "no-backprop")
 
 
 def validate_classifier_config(
@@ -47,18 +43,19 @@ def validate_classifier_config(
             on a forked RNG, and given one blank image of the dataset's shape.
         explicit: the fields the user set on purpose (the command line passes the options it was
             given). Defaults cannot tell these apart, so only these are checked against the method:
-            a synthesizer option with ``method="backprop"``, ``synth_rank`` with any method but cDNI.
+            a synthesizer option with a method that has none (``METHODS_WITHOUT_SYNTHESIZERS``),
+            ``synth_rank`` with any method but cDNI.
     """
     _check_types(config)
     _check_types(config.train)
     validate_train_config(config.train)
     if config.synth_layers < 0:
         raise InvalidConfig(f"{{0}} must be >= 0, got {config.synth_layers}", "synth_layers")
-    if config.method == "backprop":
+    if config.method in METHODS_WITHOUT_SYNTHESIZERS:
         for field in SYNTHESIZER_OPTIONS:
             if field in explicit:
-                raise InvalidConfig("{0} sets synthesizers, but {1} backprop has none; drop {0} or choose "
-                                    "{1} dni or cdni", field, "method")
+                raise InvalidConfig(f"{{0}} sets synthesizers, but {{1}} {config.method} has none; drop {{0}} or "
+                                    "choose {1} dni or cdni", field, "method")
     elif "synth_rank" in explicit and config.method != "cdni":
         raise InvalidConfig(f"{{0}} applies to cDNI's linear synthesizers only, not to {{1}} {config.method}; "
                             "drop {0} or choose {1} cdni", "synth_rank", "method")
@@ -86,14 +83,14 @@ def _check_types(config: object) -> None:
 
 
 def _check_input_shape(config: "ClassifierConfig", model_builder: Callable[["ClassifierConfig"], nn.Module]) -> None:
-    if config.dataset not in DATASET_IMAGE_SHAPES:
-        raise InvalidConfig(f"{{0}} must be one of {', '.join(DATASET_IMAGE_SHAPES)}, got {config.dataset!r}",
+    if config.dataset not in IMAGE_SHAPES:
+        raise InvalidConfig(f"{{0}} must be one of {', '.join(IMAGE_SHAPES)}, got {config.dataset!r}",
                             "dataset")
     problem = _input_problem(config, model_builder)
     if problem is None:
         return
-    shape = "x".join(map(str, DATASET_IMAGE_SHAPES[config.dataset]))
-    fits = [name for name in DATASET_IMAGE_SHAPES if name != config.dataset and
+    shape = "x".join(map(str, IMAGE_SHAPES[config.dataset]))
+    fits = [name for name in IMAGE_SHAPES if name != config.dataset and
             _input_problem(replace(config, dataset=name), model_builder) is None]
     allowed = f"choose {{1}} {' or '.join(fits)}" if fits else "no dataset fits it"
     raise InvalidConfig(f"{{0}} {config.model} does not take {{1}} {config.dataset}'s {shape} images ({problem}); "
@@ -107,7 +104,7 @@ def _input_problem(config: "ClassifierConfig", model_builder: Callable[["Classif
         model = model_builder(config).eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *DATASET_IMAGE_SHAPES[config.dataset]))
+            model(torch.zeros(1, *IMAGE_SHAPES[config.dataset]))
     except RuntimeError as error:
         return str(error).splitlines()[0]
     return None
