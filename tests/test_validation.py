@@ -57,6 +57,8 @@ def test_options_only_count_against_the_method_when_given():
         error = _refusal(ClassifierConfig(method=method), explicit={"synth_lr"})
         assert error.spelled(FLAGS) == (f"--synth-lr sets synthesizers, but --method {method} has none; drop "
                                         "--synth-lr or choose --method dni or cdni")
+    error = _refusal(ClassifierConfig(model="fcn4"), explicit={"layers"})
+    assert str(error) == "layers sets the depth of model mlp; model fcn4 fixes its own depth"
     error = _refusal(ClassifierConfig(method="dni", synth_rank=8), explicit={"synth_rank"})
     assert "--synth-rank applies to cDNI's linear synthesizers only, not to --method dni" in error.spelled(FLAGS)
 

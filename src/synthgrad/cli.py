@@ -276,8 +276,6 @@ def _paper_training(args: argparse.Namespace, parser_defaults: dict[str, Any]) -
 def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if args.resume:
         return _resume_flag(args)
-    if args.layers is not None and args.model != "mlp":
-        raise SynthgradError(f"--layers sets the depth of --model mlp; --model {args.model} fixes its own depth")
     options = {**vars(args), **_paper_training(args, TRAIN_OPTION_DEFAULTS)}
     config = ClassifierConfig(
         dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),

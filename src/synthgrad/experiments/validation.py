@@ -44,7 +44,7 @@ def validate_classifier_config(
         explicit: the fields the user set on purpose (the command line passes the options it was
             given). Defaults cannot tell these apart, so only these are checked against the method:
             a synthesizer option with a method that has none (``METHODS_WITHOUT_SYNTHESIZERS``),
-            ``synth_rank`` with any method but cDNI.
+            ``synth_rank`` with any method but cDNI; ``layers`` with any model but ``mlp``.
     """
     _check_types(config)
     _check_types(config.train)
@@ -59,6 +59,9 @@ def validate_classifier_config(
     elif "synth_rank" in explicit and config.method != "cdni":
         raise InvalidConfig(f"{{0}} applies to cDNI's linear synthesizers only, not to {{1}} {config.method}; "
                             "drop {0} or choose {1} cdni", "synth_rank", "method")
+    if "layers" in explicit and config.model != "mlp":
+        raise InvalidConfig(f"{{0}} sets the depth of {{1}} mlp; {{1}} {config.model} fixes its own depth",
+                            "layers", "model")
     _check_input_shape(config, model_builder)
 
 
