@@ -505,6 +505,7 @@ def test_checkpoint_of_another_model_shows_no_traceback(tmp_path, interrupted_ru
     (["--model", "fcn5", "--method", "dni", "--update-prob", "0.2"], [0, 1, 2, 3], []),
     (["--model", "cnn3", "--method", "no-backprop"], [], []),
     (["--model", "cnn4", "--method", "cdni", "--synth-width", "8"], [0, 1, 2], []),
+    (["--model", "cnn3", "--method", "dni", "--dataset", "cifar-10", "--batch-size", "16"], [0, 1], []),
 ])
 def test_train_accepts_the_papers_presets(tmp_path, environ, no_network, argv, cuts, unlocks):
     run_dir = tmp_path / "run"
@@ -512,8 +513,9 @@ def test_train_accepts_the_papers_presets(tmp_path, environ, no_network, argv, c
     keys = {key for record in _records(run_dir) for key in record}
     assert {key for key in keys if key.startswith("sg/cos/")} == {f"sg/cos/{cut}" for cut in cuts}
     assert {key for key in keys if key.startswith("si/cos/")} == {f"si/cos/{cut}" for cut in unlocks}
-    config = _config_from_json(run_dir)
-    assert config.model == argv[1] and config.method == argv[3]
+    config, options = _config_from_json(run_dir), dict(zip(argv[::2], argv[1::2]))
+    assert (config.model, config.method) == (options["--model"], options["--method"])
+    assert config.dataset == options.get("--dataset", "mnist")
 
 
 def test_paper_flag_sets_the_papers_optimisation_unless_overridden(tmp_path, environ, no_network):
