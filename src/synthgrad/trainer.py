@@ -301,7 +301,8 @@ def train(
                     scheduler=scheduler)
         guard.load_state_dict(resume.get("divergence"))
         torch.set_rng_state(resume["rng"])
-        update_rng.set_state(resume["update_rng"])
+        if "update_rng" in resume:  # absent from checkpoints written before stochastic updates existed
+            update_rng.set_state(resume["update_rng"])
         start_step = resume["step"]
         best_acc, train_seconds = resume["best_acc"], resume["train_seconds"]
         last_record = dict(resume["last_record"])
@@ -312,7 +313,8 @@ def train(
 
     def state(step: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state(), "update_rng": update_rng.get_state(),
+                "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state(),
+                "update_rng": update_rng.get_state(),
                 "best_acc": best_acc, "train_seconds": train_seconds, "last_record": last_record,
                 "interval": {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
                              "cut_statistics": cut_statistics.state_dict()},
