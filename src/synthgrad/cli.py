@@ -459,7 +459,8 @@ def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
     command = " ".join([
         "synthgrad bench table1", "--datasets", *args.datasets, "--models", *args.models, "--methods", *args.methods,
         "--seeds", *map(str, args.seeds), *(["--epochs", str(args.epochs)] if args.epochs else []),
-        "--batch-size", str(args.batch_size), "--out", str(args.out), *(["--dry-run"] if args.dry_run else [])])
+        "--batch-size", str(args.batch_size), *(["--device", args.device] if args.device != "auto" else []),
+        "--out", str(args.out), *(["--dry-run"] if args.dry_run else [])])
     run_table1(config, args.out, command=command, on_note=lambda note: tqdm.write(note, file=sys.stderr))
     print((args.out / "table1.md").read_text())
 
