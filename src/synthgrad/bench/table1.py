@@ -152,7 +152,8 @@ def _tables(config: Table1Config, cells: dict[str, Any], dataset: str) -> str:
     errors, minutes = [], []
     for model in config.models:
         row = [cells[f"{dataset}/{model}/{method}"] for method in config.methods]
-        label = f"{model_label(model)} ({row[0]['epochs']:g} epochs)"
+        epochs = row[0]["epochs"]
+        label = f"{model_label(model)} ({epochs:g} epoch{'' if epochs == 1 else 's'})"
         errors.append([label, *(f"{cell['test_error']:.2f}" for cell in row)])
         minutes.append([label, *(f"{cell['train_minutes']:.1f}" for cell in row)])
     return "\n".join([
