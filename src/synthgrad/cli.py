@@ -119,11 +119,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-TRAIN_OPTION_DEFAULTS = {"steps": None, "epochs": TrainConfig.epochs, **{
-    key: getattr(TrainConfig, key) for key in ("batch_size", "lr", "synth_lr", "optimizer", "lr_schedule")}}
-"""``synthgrad train``'s defaults for the options that ``--paper`` changes."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="synthgrad", description="Train networks with synthetic gradients "
                                      "(Decoupled Neural Interfaces, arXiv 1608.05343).")
@@ -263,20 +258,21 @@ def _report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> 
     print(f"run directory: {run_dir} (figures: {', '.join(path.name for path in figures)})")
 
 
-def _paper_training(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> dict[str, Any]:
-    """``--paper``: the paper's optimisation wherever an option was left at its default."""
+def _paper_training(args: argparse.Namespace) -> dict[str, Any]:
+    """``--paper``: the paper's optimisation for every option not given explicitly."""
     if not args.paper:
         return {}
-    paper = {key: value for key, value in PAPER_TRAINING.items() if getattr(args, key) == parser_defaults[key]}
-    if "steps" in paper and args.epochs != parser_defaults["epochs"]:
-        del paper["steps"]  # --epochs given explicitly
+    explicit = _explicit_options(args)
+    paper = {key: value for key, value in PAPER_TRAINING.items() if key not in explicit}
+    if "epochs" in explicit:
+        paper.pop("steps", None)
     return paper
 
 
 def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if args.resume:
         return _resume_flag(args)
-    options = {**vars(args), **_paper_training(args, TRAIN_OPTION_DEFAULTS)}
+    options = {**vars(args), **_paper_training(args)}
     config = ClassifierConfig(
         dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),
         download=not args.dry_run, model=args.model, method=args.method,
