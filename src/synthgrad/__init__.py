@@ -9,17 +9,20 @@ from synthgrad.interfaces import (
     named_backward_interfaces,
     synthesizer_parameters,
 )
+from synthgrad.recurrent import LSTMCore, backward_through_chunks
 from synthgrad.synthesizers import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, Synthesizer
 
 __all__ = [
     "BackwardInterface",
     "ConvSynthesizer",
     "DecoupledSequential",
+    "LSTMCore",
     "LinearSynthesizer",
     "MLPSynthesizer",
     "Synthesizer",
     "SynthgradError",
     "backward_interfaces",
+    "backward_through_chunks",
     "block_parameters",
     "gradient_cosine",
     "named_backward_interfaces",

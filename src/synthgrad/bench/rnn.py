@@ -39,14 +39,15 @@ class RNNBenchConfig:
     """The bench's cells and budgets. ``steps``: batches per Copy / Repeat Copy cell; ``lm_steps``:
     windows of ``RNNConfig.window`` characters per language-model run; ``text``: ``None`` skips the LM."""
 
-    steps: int = 6000
-    lm_steps: int = 1500
+    steps: int = 4000
+    lm_steps: int = 400
     text: Optional[str] = None
     tasks: tuple[str, ...] = ("copy", "repeat-copy")
     truncations: tuple[int, ...] = TRUNCATIONS
     methods: tuple[str, ...] = METHODS
     lm_runs: tuple[tuple[str, int], ...] = LM_RUNS
-    lm_hidden_dim: int = 256
+    lm_hidden_dim: int = 128
+    lm_eval_every: int = 50
     seed: int = 0
     dry_run: bool = False
     progress: bool = True
@@ -86,7 +87,8 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
             bar.update()
         for method, truncation in lm_cells:
             run_config = RNNConfig(task="charlm", method=method, truncation=truncation, steps=config.lm_steps,
-                                   hidden_dim=config.lm_hidden_dim, text=config.text, seed=config.seed,
+                                   hidden_dim=config.lm_hidden_dim, eval_every=config.lm_eval_every,
+                                   text=config.text, seed=config.seed,
                                    dry_run=config.dry_run, progress=False)
             summary = _cell(out_dir, f"charlm-{method}-T{truncation}", run_config, corpus=corpus)
             charlm.append(summary)
