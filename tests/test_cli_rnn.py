@@ -75,3 +75,11 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
     finished = {path: path.stat().st_mtime_ns for path in out.glob("cells/*/summary.json")}
     assert main(argv, environ={}) == 0  # every cell is found finished and skipped
     assert {path: path.stat().st_mtime_ns for path in out.glob("cells/*/summary.json")} == finished
+
+
+def test_bench_rnn_subset_keeps_the_paper_numbers_of_its_columns(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "rnn", "--dry-run", "--no-progress", "--out", str(out), "--tasks", "copy",
+                 "--truncations", "4", "--methods", "dni", "--skip-lm"], environ={}) == 0
+    table = (out / "rnn.md").read_text()
+    assert "| DNI | 0 (18) |" in table and "BPTT" not in table and "charlm" not in table

@@ -214,6 +214,10 @@ def _add_bench_rnn_parser(bench_commands: Any) -> None:
     bench.add_argument("--text", type=Path, help=f"language-model text (default ${DATA_ENV}/{TINY_SHAKESPEARE})")
     bench.add_argument("--tasks", nargs="*", choices=defaults.tasks, default=list(defaults.tasks),
                        help="sequence tasks of the table (none: only the language model)")
+    bench.add_argument("--truncations", type=_positive(int), nargs="+", default=list(defaults.truncations),
+                       help="the table's truncations T (default 2 3 4 5)")
+    bench.add_argument("--methods", nargs="+", choices=defaults.methods, default=list(defaults.methods),
+                       help="the table's methods (default: all)")
     bench.add_argument("--skip-lm", action="store_true", help="only the Copy / Repeat Copy table")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--dry-run", action="store_true", help="a few updates per cell: checks the pipeline")
@@ -415,6 +419,7 @@ def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
 
     text = None if args.skip_lm else str(_default_text(args.text, environ))
     config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seed=args.seed, tasks=tuple(args.tasks),
+                            truncations=tuple(args.truncations), methods=tuple(args.methods),
                             dry_run=args.dry_run, progress=not args.no_progress)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -40,14 +40,15 @@ class RNNBenchConfig:
     windows of ``RNNConfig.window`` characters per language-model run; ``text``: ``None`` skips the LM."""
 
     steps: int = 4000
-    lm_steps: int = 400
+    lm_steps: int = 1200
     text: Optional[str] = None
     tasks: tuple[str, ...] = ("copy", "repeat-copy")
     truncations: tuple[int, ...] = TRUNCATIONS
     methods: tuple[str, ...] = METHODS
     lm_runs: tuple[tuple[str, int], ...] = LM_RUNS
     lm_hidden_dim: int = 128
-    lm_eval_every: int = 50
+    lm_eval_every: int = 100
+    lm_window: int = 64
     seed: int = 0
     dry_run: bool = False
     progress: bool = True
@@ -81,13 +82,14 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
                                    seed=config.seed, dry_run=config.dry_run, progress=False)
             summary = _cell(out_dir, f"{task}-{method}-T{truncation}", run_config)
             paper = PAPER_LENGTHS[task].get(method)
-            sequence.append({**summary, "paper": paper[config.truncations.index(truncation)] if paper
+            sequence.append({**summary, "paper": paper[TRUNCATIONS.index(truncation)] if paper
                              and truncation in TRUNCATIONS else None})
             bar.set_postfix(cell=f"{task} {method} T={truncation}: {summary['max_length_solved']}")
             bar.update()
         for method, truncation in lm_cells:
             run_config = RNNConfig(task="charlm", method=method, truncation=truncation, steps=config.lm_steps,
                                    hidden_dim=config.lm_hidden_dim, eval_every=config.lm_eval_every,
+                                   window=config.lm_window,
                                    text=config.text, seed=config.seed,
                                    dry_run=config.dry_run, progress=False)
             summary = _cell(out_dir, f"charlm-{method}-T{truncation}", run_config, corpus=corpus)
