@@ -83,3 +83,14 @@ def test_bench_rnn_subset_keeps_the_paper_numbers_of_its_columns(tmp_path):
                  "--truncations", "4", "--methods", "dni", "--skip-lm"], environ={}) == 0
     table = (out / "rnn.md").read_text()
     assert "| DNI | 0 (18) |" in table and "BPTT" not in table and "charlm" not in table
+
+
+def test_bench_rnn_language_model_runs_are_chosen_as_method_and_truncation(tmp_path, text, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "rnn", "--dry-run", "--no-progress", "--out", str(out), "--tasks", "--text", str(text),
+                 "--lm-runs", "dni:4", "bptt:16"], environ={}) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(row["method"], row["truncation"]) for row in results["charlm"]] == [("dni", 4), ("bptt", 16)]
+    with pytest.raises(SystemExit):
+        main(["bench", "rnn", "--lm-runs", "dni-8"], environ={})
+    assert "expected METHOD:T" in capsys.readouterr().err

@@ -199,6 +199,14 @@ def _add_rnn_parser(commands: Any) -> None:
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _method_and_truncation(text: str) -> tuple[str, int]:
+    method, _, truncation = text.partition(":")
+    if method not in RNN_METHODS or not truncation.isdigit() or int(truncation) <= 0:
+        raise argparse.ArgumentTypeError(f"expected METHOD:T with METHOD one of {', '.join(RNN_METHODS)} and T a "
+                                         f"positive int, e.g. dni:8; got {text!r}")
+    return method, int(truncation)
+
+
 def _add_bench_rnn_parser(bench_commands: Any) -> None:
     from synthgrad.bench.rnn import RNNBenchConfig
 
@@ -218,6 +226,9 @@ def _add_bench_rnn_parser(bench_commands: Any) -> None:
                        help="the table's truncations T (default 2 3 4 5)")
     bench.add_argument("--methods", nargs="+", choices=defaults.methods, default=list(defaults.methods),
                        help="the table's methods (default: all)")
+    bench.add_argument("--lm-runs", type=_method_and_truncation, nargs="+", default=list(defaults.lm_runs),
+                       help="language-model curves as METHOD:T (default: "
+                       f"{' '.join(f'{method}:{truncation}' for method, truncation in defaults.lm_runs)})")
     bench.add_argument("--skip-lm", action="store_true", help="only the Copy / Repeat Copy table")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--dry-run", action="store_true", help="a few updates per cell: checks the pipeline")
@@ -420,6 +431,7 @@ def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
     text = None if args.skip_lm else str(_default_text(args.text, environ))
     config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seed=args.seed, tasks=tuple(args.tasks),
                             truncations=tuple(args.truncations), methods=tuple(args.methods),
+                            lm_runs=tuple(args.lm_runs),
                             dry_run=args.dry_run, progress=not args.no_progress)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
