@@ -37,6 +37,9 @@ def test_rnn_dry_runs_write_a_run_directory(task, method, figure, tmp_path, text
     assert (out / figure).read_bytes().startswith(PNG_SIGNATURE)
     assert json.loads((out / "config.json").read_text())["truncation"] == 4
     assert "run directory" in capsys.readouterr().out
+    (out / figure).unlink()
+    assert main(["plot", str(out)], environ={}) == 0  # synthgrad plot redraws a recurrent run's figure
+    assert (out / figure).read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_charlm_on_a_bad_text_exits_2_with_one_line(tmp_path, capsys):

@@ -380,8 +380,15 @@ def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
     _report(summary, run_dir, plot_run(run_dir))
 
 
+def _is_rnn_run(run_dir: Path) -> bool:
+    try:
+        return "truncation" in json.loads((run_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def command_plot(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    for path in plot_run(args.run_dir):
+    for path in (plot_rnn_run if _is_rnn_run(args.run_dir) else plot_run)(args.run_dir):
         print(path)
 
 
