@@ -110,7 +110,9 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
 
 
 def _markdown(config: RNNBenchConfig, command: str, sequence: list[dict], charlm: list[dict]) -> str:
-    budget = "a dry run" if config.dry_run else f"{config.steps} batches per cell, seed {config.seed}"
+    budgets = ([f"{config.steps} batches per Copy / Repeat Copy cell"] if sequence else []) + (
+        [f"{config.lm_steps} windows of {config.lm_window} characters on 32 streams per language model"] if charlm else [])
+    budget = "a dry run" if config.dry_run else ", ".join(budgets + [f"seed {config.seed}"])
     lines = [f"Made by `{command}` ({budget}; 2-core CPU, one thread per run).", ""]
     header = " | ".join(f"T={truncation}" for truncation in config.truncations)
     for task in config.tasks:
