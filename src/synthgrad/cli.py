@@ -433,6 +433,10 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
 
 
 def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    BENCHMARKS[args.benchmark](args, environ)
+
+
+def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     from synthgrad.bench.rnn import RNNBenchConfig, run_rnn
 
     text = None if args.skip_lm else str(_default_text(args.text, environ))
@@ -450,6 +454,8 @@ def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
     print(f"written: {', '.join(results['files'])}")
 
 
+BENCHMARKS = {"rnn": _bench_rnn}
+"""``synthgrad bench <name>``: one function per benchmark module in ``synthgrad/bench/``."""
 COMMANDS = {"train": command_train, "rnn": command_rnn, "bench": command_bench, "gist": command_gist, "resume": command_resume, "plot": command_plot}
 
 
