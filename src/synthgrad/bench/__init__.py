@@ -1,2 +1,2 @@
-"""Benchmarks behind `synthgrad bench <name>`: one module per benchmark, each with a config dataclass and
-`run_<name>(config, out_dir)` writing results.json, a markdown table and figures."""
+"""Benchmarks run by ``synthgrad bench <name>``: each module runs a grid of training runs, resumably, and
+writes ``results.json``, a markdown table headed by the command that made it, and figures."""
