@@ -6,8 +6,9 @@ for truncations T = 2, 3, 4, 5 with BPTT, DNI and DNI+Aux, each cell a run of ``
 model: validation bits per character against characters seen, for BPTT and DNI at several T.
 
 Writes into ``out_dir``: ``cells/<name>/`` (one run directory per cell; a cell whose ``summary.json``
-exists is not run again, so an interrupted bench resumes), ``results.json``, ``rnn.md`` (the tables; the
-first line names the command) and ``bpc_vs_chars.png``.
+exists for the same configuration is not run again, so an interrupted bench resumes), and through
+``synthgrad.bench.report`` ``results.json`` and ``rnn.md`` (the tables; the first line names the
+command), plus ``bpc_vs_chars.png``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tqdm.auto import tqdm
 
 from synthgrad.data.text import load_text
 from synthgrad.experiments.rnn import RNNConfig, run_rnn_experiment
-from synthgrad.metrics import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, write_json
+from synthgrad.bench.report import RESULTS_FILE, markdown_table, write_report
+from synthgrad.metrics import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 TRUNCATIONS = (2, 3, 4, 5)
 METHODS = ("bptt", "dni", "dni-aux")
@@ -96,40 +98,36 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
             charlm.append(summary)
             bar.set_postfix(cell=f"charlm {method} T={truncation}: {summary['val_bpc']:.3f}")
             bar.update()
-    files = [out_dir / "results.json", out_dir / "rnn.md"]
-    table = _markdown(config, command, sequence, charlm)
-    write_json(files[0], {"config": asdict(config), "sequence": sequence, "charlm": charlm})
-    files[1].write_text(table)
+    markdown = write_report(out_dir, "rnn", command, {"config": asdict(config), "sequence": sequence,
+                                                      "charlm": charlm}, _sections(config, sequence, charlm))
+    files = [out_dir / RESULTS_FILE, markdown]
     if charlm:
         from synthgrad.recurrent_plots import plot_bpc_curves  # matplotlib only when drawing
 
         curves = {f"{METHOD_NAMES[method]} T={truncation}": out_dir / "cells" / f"charlm-{method}-T{truncation}"
                   for method, truncation in lm_cells}
         files.append(plot_bpc_curves(curves, out_dir / "bpc_vs_chars.png"))
-    return {"sequence": sequence, "charlm": charlm, "table": table, "files": [str(path) for path in files]}
+    return {"sequence": sequence, "charlm": charlm, "table": markdown.read_text(),
+            "files": [str(path) for path in files]}
 
 
-def _markdown(config: RNNBenchConfig, command: str, sequence: list[dict], charlm: list[dict]) -> str:
+def _sections(config: RNNBenchConfig, sequence: list[dict], charlm: list[dict]) -> list[str]:
     budgets = ([f"{config.steps} batches per Copy / Repeat Copy cell"] if sequence else []) + (
         [f"{config.lm_steps} windows of {config.lm_window} characters on 32 streams per language model"] if charlm else [])
     budget = "a dry run" if config.dry_run else ", ".join(budgets + [f"seed {config.seed}"])
-    lines = [f"Made by `{command}` ({budget}; 2-core CPU, one thread per run).", ""]
-    header = " | ".join(f"T={truncation}" for truncation in config.truncations)
+    sections = [f"Budget: {budget}; 2-core CPU, one thread per run."]
+    header = ["method", *(f"T={truncation}" for truncation in config.truncations), "seconds per cell"]
     for task in config.tasks:
-        lines += [f"**{task}**: longest length solved, ours (paper)", "",
-                  f"| method | {header} | seconds per cell |", "|---" * (len(config.truncations) + 2) + "|"]
+        rows = []
         for method in config.methods:
             cells = [row for row in sequence if row["task"] == task and row["method"] == method]
-            values = " | ".join(f"{row['max_length_solved']}" + (f" ({row['paper']})" if row["paper"] else "")
-                                for row in cells)
             seconds = sum(row["train_seconds"] for row in cells) / max(len(cells), 1)
-            lines.append(f"| {METHOD_NAMES[method]} | {values} | {seconds:.0f} |")
-        lines.append("")
+            rows.append([METHOD_NAMES[method], *(f"{row['max_length_solved']}" + (f" ({row['paper']})" if row["paper"]
+                                                 else "") for row in cells), f"{seconds:.0f}"])
+        sections.append(f"**{task}**: longest length solved, ours (paper)\n\n" + markdown_table(header, rows))
     if charlm:
-        lines += ["**charlm**: validation bits per character", "",
-                  "| method | T | characters seen | final val BPC | best val BPC | seconds |", "|---|---|---|---|---|---|"]
-        for row in charlm:
-            lines.append(f"| {METHOD_NAMES[row['method']]} | {row['truncation']} | {row['chars_seen']} | "
-                         f"{row['val_bpc']:.3f} | {row['best_val_bpc']:.3f} | {row['train_seconds']:.0f} |")
-        lines.append("")
-    return "\n".join(lines)
+        rows = [[METHOD_NAMES[row["method"]], str(row["truncation"]), str(row["chars_seen"]), f"{row['val_bpc']:.3f}",
+                 f"{row['best_val_bpc']:.3f}", f"{row['train_seconds']:.0f}"] for row in charlm]
+        sections.append("**charlm**: validation bits per character\n\n" + markdown_table(
+            ["method", "T", "characters seen", "final val BPC", "best val BPC", "seconds"], rows))
+    return sections
