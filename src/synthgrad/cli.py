@@ -611,6 +611,17 @@ def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
     BENCHMARKS[args.benchmark](args, environ)
 
 
+def _bench_rnn_command(args: argparse.Namespace) -> str:
+    """The ``synthgrad bench rnn`` command line that reproduces ``args``, for the table's first line."""
+    return " ".join([
+        "synthgrad bench rnn", "--tasks", *args.tasks, "--truncations", *map(str, args.truncations),
+        "--methods", *args.methods, "--steps", str(args.steps),
+        *(["--skip-lm"] if args.skip_lm else ["--lm-runs", *(f"{method}:{truncation}" for method, truncation
+                                                            in args.lm_runs), "--lm-steps", str(args.lm_steps)]),
+        *(["--text", str(args.text)] if args.text else []), "--seed", str(args.seed), "--out", str(args.out),
+        *(["--dry-run"] if args.dry_run else [])])
+
+
 def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     from synthgrad.bench.rnn import RNNBenchConfig, run_rnn
 
@@ -622,7 +633,7 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        results = run_rnn(config, args.out, command=" ".join(["synthgrad", *args.argv]))
+        results = run_rnn(config, args.out, command=_bench_rnn_command(args))
     finally:
         torch.set_num_threads(threads)
     print(results["table"])
@@ -637,9 +648,7 @@ COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resu
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]] = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv  # for tables that name the command that made them
     try:
         COMMANDS[args.command](args, dict(os.environ) if environ is None else environ)
     except TrainingInterrupted as interrupted:
