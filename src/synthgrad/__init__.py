@@ -11,6 +11,7 @@ from synthgrad.interfaces import (
     named_forward_interfaces,
     synthesizer_parameters,
 )
+from synthgrad.recurrent import LSTMCore, backward_through_chunks
 from synthgrad.synthesizers import (
     ConvSynthesizer,
     InputSynthesizer,
@@ -25,11 +26,13 @@ __all__ = [
     "DecoupledSequential",
     "ForwardInterface",
     "InputSynthesizer",
+    "LSTMCore",
     "LinearSynthesizer",
     "MLPSynthesizer",
     "Synthesizer",
     "SynthgradError",
     "backward_interfaces",
+    "backward_through_chunks",
     "block_parameters",
     "gradient_cosine",
     "named_backward_interfaces",

@@ -2,7 +2,9 @@
 
 Commands: ``train`` (an MNIST-family classifier, every cut decoupled), ``gist`` (the seed experiment,
 corrected), ``resume`` (continue an interrupted ``train`` or ``gist`` run; also ``--resume`` on each of
-them) and ``plot`` (figures of a run directory). A mistake in the input prints one line and exits
+them), ``rnn`` (an LSTM trained by truncated BPTT with synthetic gradients: Copy, Repeat Copy, character
+language model), ``bench`` (``table1``, ``rnn``: grids of runs with tables) and ``plot`` (figures of a run
+directory). A mistake in the input prints one line and exits
 with status 2; it never shows a traceback.
 """
 from __future__ import annotations
@@ -38,9 +40,11 @@ from synthgrad.experiments.mnist import (
     default_decoupled_lr,
     run_experiment,
 )
+from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
 from synthgrad.experiments.validation import validate_classifier_config
 from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, clear_run_files, smooth
 from synthgrad.plots import plot_run
+from synthgrad.recurrent_plots import plot_rnn_run
 from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainingInterrupted
 
 DIVERGED_STATUS = 3
@@ -216,7 +220,94 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="draw a run directory's curves and figures to PNG files")
     plot.add_argument("run_dir", type=Path, help="a directory written by synthgrad train or gist")
+
+    _add_rnn_parser(commands)
+    _add_bench_rnn_parser(benchmarks)
     return parser
+
+
+TINY_SHAKESPEARE = "tinyshakespeare/input.txt"
+"""Where ``charlm`` looks for its default text under ``$SYNTHGRAD_DATA``."""
+
+
+def _add_rnn_parser(commands: Any) -> None:
+    rnn = commands.add_parser("rnn", help="an LSTM trained by truncated BPTT, with synthetic gradients at "
+                              "chunk boundaries (Copy, Repeat Copy, character-level language model)")
+    tasks = rnn.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task, help_text in (("copy", "copy a sequence of random 8-bit patterns, with a length curriculum"),
+                            ("repeat-copy", "copy it R times over, with a length curriculum"),
+                            ("charlm", "character-level language model of a text file, bits per character")):
+        defaults = RNNConfig(task=task, truncation=8 if task == "charlm" else RNNConfig.truncation,
+                             hidden_dim=256 if task == "charlm" else RNNConfig.hidden_dim)
+        parser = tasks.add_parser(task, help=help_text)
+        parser.add_argument("--truncation", "-T", type=_positive(int), default=defaults.truncation,
+                            help=f"steps per BPTT chunk (default {defaults.truncation})")
+        parser.add_argument("--method", choices=RNN_METHODS, default=defaults.method,
+                            help="bptt (truncated BPTT), dni (a synthesizer at each chunk boundary) or dni-aux "
+                            "(and the auxiliary task); default dni")
+        parser.add_argument("--hidden-dim", type=_positive(int), default=defaults.hidden_dim, help="LSTM units")
+        parser.add_argument("--layers", type=_positive(int), default=defaults.num_layers, help="LSTM layers")
+        parser.add_argument("--synth-layers", type=_non_negative_int, default=defaults.synth_layers,
+                            help="hidden layers of the synthesizer (0: linear, the default)")
+        parser.add_argument("--steps", type=_positive(int), default=defaults.steps,
+                            help=f"updates: batches or text windows (default {defaults.steps})")
+        parser.add_argument("--batch-size", type=_positive(int), default=defaults.batch_size)
+        parser.add_argument("--lr", type=_positive(float), default=defaults.lr)
+        parser.add_argument("--synth-lr", type=_positive(float), default=defaults.synth_lr)
+        parser.add_argument("--aux-weight", type=_positive(float), default=defaults.aux_weight,
+                            help="weight of the DNI+Aux loss (dni-aux only)")
+        parser.add_argument("--log-every", type=_positive(int), default=defaults.log_every)
+        if task == "repeat-copy":
+            parser.add_argument("--max-repeats", type=_positive(int), default=defaults.max_repeats,
+                                help="repeat counts are drawn from 1..N")
+        if task == "charlm":
+            parser.add_argument("--text", type=Path, help="a UTF-8 text file: first 90%% trains, last 10%% "
+                                f"validates (default ${DATA_ENV}/{TINY_SHAKESPEARE})")
+            parser.add_argument("--window", type=_positive(int), default=defaults.window,
+                                help="characters per stream and update, a multiple of --truncation")
+            parser.add_argument("--eval-every", type=_positive(int), default=defaults.eval_every,
+                                help="validate every N updates")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--out", type=Path, help="run directory (default runs/rnn-<task>-<method>-T<T>-<time>)")
+        parser.add_argument("--force", action="store_true", help="write into --out even if it holds a finished run")
+        parser.add_argument("--dry-run", action="store_true", help="three updates on little data: a smoke test")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _method_and_truncation(text: str) -> tuple[str, int]:
+    method, _, truncation = text.partition(":")
+    if method not in RNN_METHODS or not truncation.isdigit() or int(truncation) <= 0:
+        raise argparse.ArgumentTypeError(f"expected METHOD:T with METHOD one of {', '.join(RNN_METHODS)} and T a "
+                                         f"positive int, e.g. dni:8; got {text!r}")
+    return method, int(truncation)
+
+
+def _add_bench_rnn_parser(bench_commands: Any) -> None:
+    from synthgrad.bench.rnn import RNNBenchConfig
+
+    defaults = RNNBenchConfig()
+    bench = bench_commands.add_parser("rnn", help="Copy / Repeat Copy table (T = 2..5; BPTT, DNI, DNI+Aux) "
+                                      "beside the paper's, and BPC against characters seen")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench-rnn"),
+                       help="where cells, results.json, rnn.md and figures go; finished cells are skipped")
+    bench.add_argument("--steps", type=_positive(int), default=defaults.steps,
+                       help=f"batches per Copy / Repeat Copy cell (default {defaults.steps})")
+    bench.add_argument("--lm-steps", type=_positive(int), default=defaults.lm_steps,
+                       help=f"windows per language-model run (default {defaults.lm_steps})")
+    bench.add_argument("--text", type=Path, help=f"language-model text (default ${DATA_ENV}/{TINY_SHAKESPEARE})")
+    bench.add_argument("--tasks", nargs="*", choices=defaults.tasks, default=list(defaults.tasks),
+                       help="sequence tasks of the table (none: only the language model)")
+    bench.add_argument("--truncations", type=_positive(int), nargs="+", default=list(defaults.truncations),
+                       help="the table's truncations T (default 2 3 4 5)")
+    bench.add_argument("--methods", nargs="+", choices=defaults.methods, default=list(defaults.methods),
+                       help="the table's methods (default: all)")
+    bench.add_argument("--lm-runs", type=_method_and_truncation, nargs="+", default=list(defaults.lm_runs),
+                       help="language-model curves as METHOD:T (default: "
+                       f"{' '.join(f'{method}:{truncation}' for method, truncation in defaults.lm_runs)})")
+    bench.add_argument("--skip-lm", action="store_true", help="only the Copy / Repeat Copy table")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--dry-run", action="store_true", help="a few updates per cell: checks the pipeline")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def resolve_data_dir(dataset: str, data_dir: Optional[str], environ: dict[str, str]) -> Path:
@@ -444,7 +535,7 @@ def _gist_printer() -> Callable[[dict[str, Any]], None]:
     return on_record
 
 
-def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
+def _bench_table1(args: argparse.Namespace, environ: dict[str, str]) -> None:
     root = {DATA_ENV: args.data_root} if args.data_root else environ
     config = Table1Config(
         data_dirs={dataset: str(resolve_data_dir(dataset, None, root)) for dataset in args.datasets},
@@ -461,13 +552,95 @@ def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
     print((args.out / "table1.md").read_text())
 
 
+def _is_rnn_run(run_dir: Path) -> bool:
+    try:
+        return "truncation" in json.loads((run_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def command_plot(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    for path in plot_run(args.run_dir):
+    for path in (plot_rnn_run if _is_rnn_run(args.run_dir) else plot_run)(args.run_dir):
         print(path)
 
 
+def _default_text(text: Optional[Path], environ: dict[str, str]) -> Path:
+    if text is not None:
+        return text
+    if environ.get(DATA_ENV):
+        return Path(environ[DATA_ENV]).expanduser() / TINY_SHAKESPEARE
+    raise SynthgradError(f"no text to model: pass --text FILE (or set ${DATA_ENV} to a directory holding "
+                         f"{TINY_SHAKESPEARE})")
+
+
+def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    task = args.task
+    config = RNNConfig(
+        task=task, method=args.method, truncation=args.truncation, hidden_dim=args.hidden_dim,
+        num_layers=args.layers, synth_layers=args.synth_layers, aux_weight=args.aux_weight,
+        batch_size=args.batch_size, lr=args.lr, synth_lr=args.synth_lr, steps=args.steps, seed=args.seed,
+        log_every=1 if args.dry_run else args.log_every, dry_run=args.dry_run, progress=not args.no_progress,
+    )
+    if task == "repeat-copy":
+        config.max_repeats = args.max_repeats
+    if task == "charlm":
+        config.text, config.window, config.eval_every = str(_default_text(args.text, environ)), args.window, args.eval_every
+        if args.window % args.truncation:
+            raise SynthgradError(f"--window {args.window} must be a multiple of --truncation {args.truncation}")
+    run_dir = prepare_run_dir(args.out, f"rnn-{task}-{args.method}-T{args.truncation}", args.force)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small LSTMs, one step at a time: a second thread costs more than it gives
+    try:
+        summary = run_rnn_experiment(config, run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    figures = plot_rnn_run(run_dir)
+    if task == "charlm":
+        print(f"validation {summary['val_bpc']:.3f} bits per character after {summary['chars_seen']} characters "
+              f"({summary['train_seconds']:.1f} s of training)")
+    else:
+        print(f"longest length solved: {summary['max_length_solved']} in {summary['steps']} steps "
+              f"({summary['train_seconds']:.1f} s of training)")
+    print(f"run directory: {run_dir} (figures: {', '.join(path.name for path in figures)})")
+
+
+def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    BENCHMARKS[args.benchmark](args, environ)
+
+
+def _bench_rnn_command(args: argparse.Namespace) -> str:
+    """The ``synthgrad bench rnn`` command line that reproduces ``args``, for the table's first line."""
+    return " ".join([
+        "synthgrad bench rnn", "--tasks", *args.tasks, "--truncations", *map(str, args.truncations),
+        "--methods", *args.methods, "--steps", str(args.steps),
+        *(["--skip-lm"] if args.skip_lm else ["--lm-runs", *(f"{method}:{truncation}" for method, truncation
+                                                            in args.lm_runs), "--lm-steps", str(args.lm_steps)]),
+        *(["--text", str(args.text)] if args.text else []), "--seed", str(args.seed), "--out", str(args.out),
+        *(["--dry-run"] if args.dry_run else [])])
+
+
+def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    from synthgrad.bench.rnn import RNNBenchConfig, run_rnn
+
+    text = None if args.skip_lm else str(_default_text(args.text, environ))
+    config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seed=args.seed, tasks=tuple(args.tasks),
+                            truncations=tuple(args.truncations), methods=tuple(args.methods),
+                            lm_runs=tuple(args.lm_runs),
+                            dry_run=args.dry_run, progress=not args.no_progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = run_rnn(config, args.out, command=_bench_rnn_command(args))
+    finally:
+        torch.set_num_threads(threads)
+    print(results["table"])
+    print(f"written: {', '.join(results['files'])}")
+
+
+BENCHMARKS = {"table1": _bench_table1, "rnn": _bench_rnn}
+"""``synthgrad bench <name>``: one function per benchmark module in ``synthgrad/bench/``."""
 COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resume, "bench": command_bench,
-            "plot": command_plot}
+            "rnn": command_rnn, "plot": command_plot}
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]] = None) -> int:
