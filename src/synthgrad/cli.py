@@ -35,6 +35,17 @@ from synthgrad.experiments.mnist import (
     run_experiment,
 )
 from synthgrad.metrics import CONFIG_FILE, RUN_FILES, SUMMARY_FILE, smooth
+from synthgrad.pipeline.comm import PipelineFailure
+from synthgrad.pipeline.config import (
+    SCHEDULES,
+    PipelineConfig,
+    PipelineRun,
+    Rendezvous,
+    is_pipeline_config,
+    pipeline_run_from_dict,
+)
+from synthgrad.pipeline.launch import FAILED_STATUS, launch_local
+from synthgrad.pipeline.runtime import run_rank
 from synthgrad.plots import plot_run
 from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainingInterrupted
 
@@ -85,6 +96,27 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    pipeline = parser.add_argument_group("pipeline (one process per stage on torch.distributed)")
+    defaults = PipelineConfig()
+    pipeline.add_argument("--stages", type=_positive(int), help="split the model into this many stages, one process "
+                          "each (started here, or by torchrun when it launched this command)")
+    pipeline.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
+                          help="unlocked (dni/cdni), lockstep (exact pipelined backprop), gpipe or 1f1b "
+                          "(torch.distributed.pipelining); auto picks by --method")
+    pipeline.add_argument("--max-staleness", type=_non_negative_int, default=defaults.max_staleness,
+                          help="unlocked: block updates between a synthesizer's prediction and its training "
+                          f"on the target (default {defaults.max_staleness})")
+    pipeline.add_argument("--micro-batches", type=_positive(int), default=defaults.micro_batches,
+                          help="lockstep/gpipe/1f1b: micro-batches per mini-batch")
+    pipeline.add_argument("--timeout", type=_positive(float), default=defaults.timeout_s,
+                          help="seconds a rank waits for a message before it declares the sender dead or hung "
+                          f"and stops (default {defaults.timeout_s:g})")
+    pipeline.add_argument("--threads", type=_positive(int), default=defaults.threads,
+                          help="torch threads per stage process (default 1)")
+    pipeline.add_argument("--port", type=_positive(int), help="rendezvous port on 127.0.0.1 (default: a free one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthgrad", description="Train networks with synthetic gradients "
                                      "(Decoupled Neural Interfaces, arXiv 1608.05343).")
@@ -124,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write a checkpoint every N steps, a multiple of --log-every; 0 for none "
                        f"(default {train_defaults.checkpoint_every}); resume with `synthgrad resume RUN_DIR`")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train_defaults.lr_schedule)
+    _add_pipeline_arguments(train)
     _add_common_arguments(train)
 
     gist = commands.add_parser("gist", help="the seed gist's 784-100-10 MNIST experiment, done right")
@@ -205,10 +238,44 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if config.train.checkpoint_every % config.train.log_every:
         raise SynthgradError(f"--checkpoint-every {args.checkpoint_every} must be a multiple of --log-every "
                              f"{args.log_every}, so that a checkpoint never falls inside a metrics interval")
+    if args.stages:
+        run = PipelineRun(config, PipelineConfig(
+            num_stages=args.stages, schedule=args.schedule, max_staleness=args.max_staleness,
+            micro_batches=args.micro_batches, timeout_s=args.timeout, threads=args.threads))
+        _train_pipeline(run, args.out, f"train-{args.model}-{args.method}-stages{args.stages}", args.force, environ,
+                        port=args.port)
+        return
     run_dir = prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force)
     with _ctrl_c_requests_stop() as stop_requested:
         summary = run_experiment(config, run_dir, on_record=_print_epoch, stop_requested=stop_requested)
     _report(summary, run_dir, plot_run(run_dir))
+
+
+def _torchrun_rendezvous(environ: dict[str, str]) -> Optional[Rendezvous]:
+    """This process's place in a job started by torchrun (its standard environment variables), or ``None``."""
+    if "RANK" not in environ or "WORLD_SIZE" not in environ:
+        return None
+    return Rendezvous(addr=environ.get("MASTER_ADDR", ""), port=int(environ.get("MASTER_PORT", "0")),
+                      rank=int(environ["RANK"]), world_size=int(environ["WORLD_SIZE"]),
+                      local_rank=int(environ.get("LOCAL_RANK", "0")), use_env=True)
+
+
+def _train_pipeline(run: PipelineRun, out: Optional[Path], default_name: str, force: bool, environ: dict[str, str], *,
+                    port: Optional[int] = None, resume: bool = False) -> None:
+    """Train ``run`` as a pipeline: every rank in this process under torchrun, else K local processes."""
+    rendezvous = _torchrun_rendezvous(environ)
+    if rendezvous is None:
+        run_dir = out if resume else prepare_run_dir(out, default_name, force)
+        summary = launch_local(run, run_dir, port=port, resume=resume, on_record=_print_epoch)
+        _report(summary, run_dir, plot_run(run_dir))
+        return
+    if out is None:
+        raise SynthgradError("under torchrun pass --out: every rank must write into the same run directory")
+    run_dir = out if resume or rendezvous.rank != 0 else prepare_run_dir(out, default_name, force)
+    run.classifier.train.progress = run.classifier.train.progress and rendezvous.rank == 0
+    summary = run_rank(run, rendezvous, run_dir, resume=resume, on_record=_print_epoch)
+    if summary is not None:
+        _report(summary, run_dir, plot_run(run_dir))
 
 
 @contextlib.contextmanager
@@ -245,11 +312,18 @@ def command_resume(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if (run_dir / SUMMARY_FILE).exists():
         raise SynthgradError(f"{run_dir} holds a finished run; there is nothing to resume")
     try:
-        config = classifier_config_from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+        data = json.loads((run_dir / CONFIG_FILE).read_text())
+        run = pipeline_run_from_dict(data) if is_pipeline_config(data) else None
+        config = run.classifier if run else classifier_config_from_dict(data)
     except (ValueError, TypeError, KeyError) as error:
         raise SynthgradError(f"{run_dir / CONFIG_FILE} is not a synthgrad run configuration ({error})") from None
     if config.model not in MODELS:
         raise SynthgradError(f"{run_dir} is a {config.model!r} run; only synthgrad train runs can be resumed")
+    if run is not None:
+        run.classifier.train.progress = not args.no_progress
+        print(f"resuming {run_dir}: a pipeline of {run.pipeline.num_stages} stages", file=sys.stderr)
+        _train_pipeline(run, run_dir, "", False, environ, resume=True)
+        return
     checkpoint = load_latest_checkpoint(run_dir)
     if checkpoint is None:
         raise SynthgradError(f"{run_dir} has no readable checkpoint (the run stopped before its first one); "
@@ -306,6 +380,9 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
         print(f"synthgrad {args.command}: {interrupted}; continue with: synthgrad resume "
               f"{interrupted.checkpoint.parent}", file=sys.stderr)
         return 130
+    except PipelineFailure as error:
+        print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
+        return FAILED_STATUS
     except TrainingDiverged as error:
         print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
         return DIVERGED_STATUS
