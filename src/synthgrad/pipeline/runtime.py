@@ -10,6 +10,7 @@ to rank 0. Labels are not sent along the pipeline: every rank draws the same bat
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from datetime import timedelta
@@ -65,6 +66,7 @@ def run_rank(run: PipelineRun, rendezvous: Rendezvous, run_dir: Path, *, resume:
     channel = Channel(rendezvous.rank, rendezvous.world_size, run.pipeline.timeout_s, device)
     _check_same_config(channel, run)
     summary = _RankTrainer(run, groups, channel, device, Path(run_dir), on_record).train(resume)
+    channel.flush()
     dist.destroy_process_group()
     return summary
 
@@ -95,6 +97,7 @@ def _check_same_config(channel: Channel, run: PipelineRun) -> None:
             verdict = ("the ranks were started with different configurations (" + "; ".join(mismatches)
                        + " differ from rank 0's): start every rank with the same options")
     verdict = channel.broadcast_object(verdict)
+    channel.flush()  # the verdict reaches every rank before any exits
     if verdict:
         raise SynthgradError(verdict)
 
@@ -170,6 +173,9 @@ class _RankTrainer:
     # segments ----------------------------------------------------------------------------------------
 
     def train(self, resume: bool) -> Optional[dict[str, Any]]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a new run: no checkpoint of an earlier one may be resumed from by mistake
+            shutil.rmtree(stage_dir(self.run_dir, self.rank), ignore_errors=True)
         start_step = self._resume() if resume else 0
         if self.rank == 0 and not resume:
             write_json(self.run_dir / CONFIG_FILE, asdict(self.run))
