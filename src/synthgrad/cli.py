@@ -41,6 +41,7 @@ from synthgrad.pipeline.config import (
     PipelineConfig,
     PipelineRun,
     Rendezvous,
+    check_pipeline_run,
     is_pipeline_config,
     pipeline_run_from_dict,
 )
@@ -263,6 +264,7 @@ def _torchrun_rendezvous(environ: dict[str, str]) -> Optional[Rendezvous]:
 def _train_pipeline(run: PipelineRun, out: Optional[Path], default_name: str, force: bool, environ: dict[str, str], *,
                     port: Optional[int] = None, resume: bool = False) -> None:
     """Train ``run`` as a pipeline: every rank in this process under torchrun, else K local processes."""
+    check_pipeline_run(run)  # a bad option stops here, before a directory or a process is made
     rendezvous = _torchrun_rendezvous(environ)
     if rendezvous is None:
         run_dir = out if resume else prepare_run_dir(out, default_name, force)
