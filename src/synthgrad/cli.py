@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from synthgrad.bench.pipeline import TABLE_FILE, PipelineBenchConfig, run_pipeline
 from synthgrad.checkpoints import list_checkpoints, load_latest_checkpoint
 from synthgrad.divergence import TrainingDiverged
 from synthgrad.errors import SynthgradError
@@ -172,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue an interrupted run from its newest readable checkpoint")
     resume.add_argument("run_dir", type=Path, help="the run directory (--out) of the interrupted run")
     resume.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    bench = commands.add_parser("bench", help="run a benchmark and write its table and results.json")
+    bench_commands = bench.add_subparsers(dest="benchmark", required=True)
+    pipeline_bench = bench_commands.add_parser("pipeline", help="update-unlocked cDNI on K processes vs backprop, "
+                                               "GPipe and 1F1B: throughput, accuracy at equal time, time to 97%%")
+    bench_defaults = PipelineBenchConfig()
+    pipeline_bench.add_argument("--out", type=Path, default=Path("runs/bench-pipeline"),
+                                help="results directory; finished runs in it are kept (default runs/bench-pipeline)")
+    pipeline_bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
+    pipeline_bench.add_argument("--epochs", type=_positive(int), default=bench_defaults.epochs)
+    pipeline_bench.add_argument("--layers", type=_positive(int), default=bench_defaults.layers)
+    pipeline_bench.add_argument("--width", type=_positive(int), default=bench_defaults.width)
+    pipeline_bench.add_argument("--batch-size", type=_positive(int), default=bench_defaults.batch_size)
+    pipeline_bench.add_argument("--stages", type=_positive(int), default=bench_defaults.num_stages)
+    pipeline_bench.add_argument("--micro-batches", type=_positive(int), default=bench_defaults.micro_batches)
+    pipeline_bench.add_argument("--max-staleness", type=_non_negative_int, default=bench_defaults.max_staleness)
+    pipeline_bench.add_argument("--seed", type=int, default=bench_defaults.seed)
+    pipeline_bench.add_argument("--dry-run", action="store_true", help="a few steps each on stand-in data")
+    pipeline_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     plot = commands.add_parser("plot", help="draw a run directory's curves and figures to PNG files")
     plot.add_argument("run_dir", type=Path, help="a directory written by synthgrad train or gist")
@@ -365,12 +385,26 @@ def command_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
     _report(summary, run_dir, plot_run(run_dir))
 
 
+def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    if args.stages < 2:
+        raise SynthgradError(f"--stages {args.stages}: the benchmark compares pipelines of at least 2 stages")
+    config = PipelineBenchConfig(
+        data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)), layers=args.layers, width=args.width,
+        epochs=args.epochs, batch_size=args.batch_size, num_stages=args.stages, micro_batches=args.micro_batches,
+        max_staleness=args.max_staleness, seed=args.seed, dry_run=args.dry_run)
+    command = "synthgrad bench pipeline " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["bench", "pipeline"] \
+        else "synthgrad bench pipeline"
+    run_pipeline(config, args.out, command=command.strip(), progress=not args.no_progress)
+    print((args.out / TABLE_FILE).read_text())
+
+
 def command_plot(args: argparse.Namespace, environ: dict[str, str]) -> None:
     for path in plot_run(args.run_dir):
         print(path)
 
 
-COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resume, "plot": command_plot}
+COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resume, "plot": command_plot,
+            "bench": command_bench}
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]] = None) -> int:

@@ -76,13 +76,14 @@ class Rendezvous:
     use_env: bool = False
 
 
-def check_pipeline_run(run: PipelineRun) -> list[range]:
+def check_pipeline_run(run: PipelineRun, *, min_stages: int = 2) -> list[range]:
     """Raise ``SynthgradError`` naming the option at fault if ``run`` cannot be trained as a pipeline;
-    returns the stages' block groups."""
+    returns the stages' block groups. ``min_stages=1`` admits the one-process run that benchmarks
+    time single-process backprop with (the same clock as the pipelines')."""
     pipe, classifier = run.pipeline, run.classifier
     if pipe.schedule not in SCHEDULES:
         raise SynthgradError(f"--schedule {pipe.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if pipe.num_stages < 2:
+    if pipe.num_stages < min_stages:
         raise SynthgradError(f"--stages {pipe.num_stages}: a pipeline needs at least 2 stages "
                              "(leave --stages out to train in one process)")
     schedule = resolve_schedule(run)

@@ -80,7 +80,7 @@ def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None,
     Raises ``SynthgradError`` for a bad configuration (before any process starts when it can tell) and
     ``PipelineFailure`` naming each rank that did not finish and how it ended.
     """
-    check_pipeline_run(run)
+    check_pipeline_run(run, min_stages=1)
     if port is None:
         port = free_port(addr)
     else:

@@ -56,7 +56,7 @@ def run_rank(run: PipelineRun, rendezvous: Rendezvous, run_dir: Path, *, resume:
     ``run.pipeline.timeout_s`` seconds. ``resume`` continues from the newest step that every stage
     has a checkpoint of. ``on_record`` sees every metrics record, on rank 0.
     """
-    groups = check_pipeline_run(run)
+    groups = check_pipeline_run(run, min_stages=1)
     if rendezvous.world_size != run.pipeline.num_stages:
         raise SynthgradError(f"--stages {run.pipeline.num_stages} but the job has {rendezvous.world_size} processes: "
                              "start one process per stage (torchrun --nproc-per-node/--nnodes)")
@@ -342,10 +342,12 @@ class _RankTrainer:
             chain.train()
         self.channel.flush()
         result = {"test/loss": total_loss / count, "test/acc": correct / count} if self.is_last else None
-        if self.is_last and not self.is_first:
+        if self.num_stages == 1:
+            return result
+        if self.is_last:
             self.channel.send_object(result, 0)
             return None
-        return self.channel.recv_object(self.num_stages - 1) if self.is_first else result
+        return self.channel.recv_object(self.num_stages - 1) if self.is_first else None
 
     def _write_record(self, log: MetricsLog, step: int, gathered: list[dict[str, float]],
                       test: Optional[dict[str, float]], progress: tqdm) -> None:

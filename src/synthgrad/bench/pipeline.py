@@ -1,0 +1,181 @@
+"""``synthgrad bench pipeline``: does update unlock across processes beat the pipelines users would pick?
+
+Decoupled Neural Interfaces (Jaderberg et al., arXiv 1608.05343) promise wall-clock: with a
+synthesizer at the boundary, a stage updates as soon as it has run, without waiting for the stages
+above. In one run, on the same MNIST MLP split into the same stages, this measures training
+throughput, test accuracy after equal wall time, and the wall time to reach 97% test accuracy for
+
+- ``backprop``: one process, one thread (the same runtime and clock, one stage);
+- ``unlocked``: K processes of one thread each (one simulated device per rank), cDNI, update unlocked;
+- ``gpipe`` and ``1f1b``: the same K processes with ``torch.distributed.pipelining``'s schedules, each
+  mini-batch split into ``micro_batches``;
+- ``cdni``: one process training the same network with the same cut (``trainer.train``), the
+  accuracy reference for ``unlocked`` after equal epochs.
+
+Wall time counts training only: segment clocks on rank 0, not process start-up, evaluation or
+checkpoints. Finished cells (their ``summary.json``) are skipped when the benchmark is run again.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, build_model, run_experiment
+from synthgrad.metrics import SUMMARY_FILE, read_metrics, write_json
+from synthgrad.pipeline.config import PipelineConfig, PipelineRun
+from synthgrad.pipeline.launch import launch_local
+from synthgrad.pipeline.stage import block_costs, partition, stage_cut_model
+from synthgrad.trainer import TrainConfig
+
+SCHEDULES = ("backprop", "unlocked", "gpipe", "1f1b")
+"""The schedules compared on throughput and wall time, in table order; ``cdni`` follows them."""
+RESULTS_FILE, TABLE_FILE = "results.json", "pipeline.md"
+
+
+@dataclass
+class PipelineBenchConfig:
+    """What the benchmark trains: an MLP of ``layers`` hidden layers of ``width`` units (deep enough
+    that ``num_stages`` stages get equal shares), ``epochs`` epochs of batches of ``batch_size``,
+    evaluated ``evals_per_epoch`` times an epoch."""
+
+    data_dir: str = ""
+    layers: int = 6
+    width: int = 256
+    epochs: int = 3
+    batch_size: int = 128
+    num_stages: int = 2
+    micro_batches: int = 4
+    max_staleness: int = 1
+    evals_per_epoch: int = 4
+    target_acc: float = 0.97
+    seed: int = 0
+    timeout_s: float = 60.0
+    dry_run: bool = False
+
+
+def _classifier(config: PipelineBenchConfig, method: str) -> ClassifierConfig:
+    steps_per_epoch = 60000 // config.batch_size
+    eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
+    train = TrainConfig(epochs=config.epochs, steps=DRY_RUN_STEPS if config.dry_run else None,
+                        batch_size=config.batch_size, use_context=method == "cdni", seed=config.seed,
+                        eval_every=1 if config.dry_run else eval_every, log_every=1 if config.dry_run else eval_every,
+                        checkpoint_every=0, progress=False)
+    return ClassifierConfig(data_dir=config.data_dir, download=not config.dry_run, method=method, layers=config.layers,
+                            width=config.width, dry_run=config.dry_run, train=train)
+
+
+def _pipeline_run(config: PipelineBenchConfig, name: str) -> PipelineRun:
+    pipeline = PipelineConfig(num_stages=config.num_stages, max_staleness=config.max_staleness,
+                              timeout_s=config.timeout_s, threads=1)
+    if name == "backprop":
+        return PipelineRun(_classifier(config, "backprop"), replace(pipeline, num_stages=1, schedule="lockstep"))
+    if name == "unlocked":
+        return PipelineRun(_classifier(config, "cdni"), replace(pipeline, schedule="unlocked"))
+    return PipelineRun(_classifier(config, "backprop"),
+                       replace(pipeline, schedule=name, micro_batches=config.micro_batches))
+
+
+def _run_single_process_cdni(config: PipelineBenchConfig, run_dir: Path) -> dict[str, Any]:
+    """The same network and cut as ``unlocked``, trained in one process with one thread."""
+    classifier = _classifier(config, "cdni")
+
+    def builder(resolved: ClassifierConfig):
+        model = build_model(resolved)
+        return stage_cut_model(model, partition(block_costs(model), config.num_stages))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run_experiment(classifier, run_dir, model_builder=builder, on_note=lambda note: None)
+    finally:
+        torch.set_num_threads(threads)
+    summary["samples_per_s"] = summary["steps"] * config.batch_size / summary["train_seconds"]
+    return summary
+
+
+def _timeline(run_dir: Path) -> list[tuple[float, float]]:
+    """(training seconds, test accuracy) at every evaluation of a pipeline run."""
+    return [(record["train/seconds"], record["test/acc"]) for record in read_metrics(run_dir)
+            if "test/acc" in record and "train/seconds" in record]
+
+
+def _accuracy_at(timeline: list[tuple[float, float]], seconds: float) -> Optional[float]:
+    reached = [acc for time, acc in timeline if time <= seconds * (1 + 1e-9)]
+    return reached[-1] if reached else None
+
+
+def run_pipeline(config: PipelineBenchConfig, out_dir: Path, *, command: str = "synthgrad bench pipeline",
+                 progress: bool = True) -> dict[str, Any]:
+    """Run every cell missing from ``out_dir`` (one run directory each), then write
+    ``out_dir/results.json`` (``{"schedules": {name: {samples_per_s, test_acc, seconds_to_97, ...}}}``)
+    and ``out_dir/pipeline.md`` (first line: ``command``). Returns the results."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries: dict[str, dict[str, Any]] = {}
+    names = (*SCHEDULES, "cdni")
+    for name in tqdm(names, desc="pipeline bench", disable=not progress, unit="run"):
+        run_dir = out_dir / name
+        if (run_dir / SUMMARY_FILE).is_file():
+            summaries[name] = json.loads((run_dir / SUMMARY_FILE).read_text())
+        elif name == "cdni":
+            summaries[name] = _run_single_process_cdni(config, run_dir)
+        else:
+            summaries[name] = launch_local(_pipeline_run(config, name), run_dir)
+
+    timelines = {name: _timeline(out_dir / name) for name in SCHEDULES}
+    equal_seconds = min(summaries[name]["train_seconds"] for name in SCHEDULES)
+    schedules = {}
+    for name in names:
+        summary, timeline = summaries[name], timelines.get(name, [])
+        reached = [time for time, acc in timeline if acc >= config.target_acc]
+        schedules[name] = {
+            "samples_per_s": summary["samples_per_s"],
+            "test_acc": _accuracy_at(timeline, equal_seconds) if name in SCHEDULES else None,
+            "seconds_to_97": reached[0] if reached else None,
+            "final_test_acc": summary["test_acc"], "train_seconds": summary["train_seconds"],
+            "epochs": summary["epochs"], "processes": 1 if name in ("backprop", "cdni") else config.num_stages,
+            "timeline": timeline,
+        }
+    results = {"schedules": schedules, "equal_wall_seconds": equal_seconds, "command": command,
+               "config": asdict(config)}
+    write_json(out_dir / RESULTS_FILE, results)
+    (out_dir / TABLE_FILE).write_text(format_table(results))
+    return results
+
+
+_DESCRIPTIONS = {
+    "backprop": "backprop, 1 process",
+    "unlocked": "cDNI update-unlocked",
+    "gpipe": "GPipe (torch.distributed.pipelining)",
+    "1f1b": "1F1B (torch.distributed.pipelining)",
+    "cdni": "cDNI, 1 process, same cut",
+}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The markdown table of ``results``, its first line naming the command that made it."""
+    config, schedules = results["config"], results["schedules"]
+    base = schedules["backprop"]["samples_per_s"]
+
+    def percent(value: Optional[float]) -> str:
+        return "–" if value is None else f"{100 * value:.2f}"
+
+    lines = [f"Made by `{results['command']}`.", "",
+             f"MNIST MLP, {config['layers']} hidden layers of {config['width']}, batch {config['batch_size']}, "
+             f"{config['epochs']} epochs, {config['num_stages']} stages (one thread each); GPipe/1F1B split each "
+             f"batch into {config['micro_batches']} micro-batches. Test accuracy after equal wall time: "
+             f"{results['equal_wall_seconds']:.1f} s of training.", "",
+             "| schedule | processes | samples/s (vs backprop) | test acc % at equal time | s to "
+             f"{100 * config['target_acc']:g}% | test acc % after {config['epochs']} epochs |",
+             "|---|---|---|---|---|---|"]
+    for name, row in schedules.items():
+        seconds = "–" if row["seconds_to_97"] is None else f"{row['seconds_to_97']:.1f}"
+        lines.append(f"| {_DESCRIPTIONS[name]} | {row['processes']} | {row['samples_per_s']:.0f} "
+                     f"({row['samples_per_s'] / base:.2f}x) | {percent(row['test_acc'])} | {seconds} | "
+                     f"{percent(row['final_test_acc'])} |")
+    return "\n".join(lines) + "\n"
