@@ -146,6 +146,7 @@ class _RankTrainer:
                                if self.train_config.use_context else None)
         self._order: tuple[int, Optional[Tensor]] = (-1, None)
         self.torch_schedule = self._torch_schedule() if self.schedule in ("gpipe", "1f1b") else None
+        self._torch_stepped = False
 
         self.best_acc, self.train_seconds, self.last_record = 0.0, 0.0, {}
         self._reset_interval()
@@ -291,6 +292,12 @@ class _RankTrainer:
     def _torch_step(self, step: int) -> None:
         index = self._batch(step)
         self.stage.optimizer.zero_grad(set_to_none=True)
+        # A schedule's first step infers shapes by running the blocks of every stage but the first on
+        # uninitialised tensors, which leaves NaN in BatchNorm's running statistics (measured: 10% test
+        # accuracy). Their values from before that step are put back: the step's own batches are lost
+        # to the running averages, nothing else.
+        buffers = None if self._torch_stepped else {name: buffer.clone() for name, buffer in self.stage.chain.named_buffers()}
+        self._torch_stepped = True
         try:
             if self.is_first:
                 self.torch_schedule.step(self.train_inputs[index])
@@ -301,8 +308,13 @@ class _RankTrainer:
             else:
                 self.torch_schedule.step()
         except RuntimeError as error:
+            if not any(word in str(error) for word in ("gloo", "NCCL", "onnection", "imed out")):
+                raise  # a bug, not a peer's failure
             peers = " or ".join(str(peer) for peer in (self.rank - 1, self.rank + 1) if 0 <= peer < self.num_stages)
             raise PipelineFailure(describe_failure(peers, self.run.pipeline.timeout_s, error)) from None
+        if buffers is not None:
+            for name, buffer in self.stage.chain.named_buffers():
+                buffer.copy_(buffers[name])
         self.stage.update()
 
     # metrics, evaluation, checkpoints ----------------------------------------------------------------
