@@ -9,7 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close

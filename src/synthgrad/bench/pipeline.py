@@ -95,6 +95,7 @@ def _run_single_process_cdni(config: PipelineBenchConfig, run_dir: Path) -> dict
     finally:
         torch.set_num_threads(threads)
     summary["samples_per_s"] = summary["steps"] * config.batch_size / summary["train_seconds"]
+    write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
 
@@ -173,7 +174,8 @@ def format_table(results: dict[str, Any]) -> str:
              "| schedule | processes | samples/s (vs backprop) | test acc % at equal time | s to "
              f"{100 * config['target_acc']:g}% | test acc % after {config['epochs']} epochs |",
              "|---|---|---|---|---|---|"]
-    for name, row in schedules.items():
+    for name in (*SCHEDULES, "cdni"):
+        row = schedules[name]
         seconds = "–" if row["seconds_to_97"] is None else f"{row['seconds_to_97']:.1f}"
         lines.append(f"| {_DESCRIPTIONS[name]} | {row['processes']} | {row['samples_per_s']:.0f} "
                      f"({row['samples_per_s'] / base:.2f}x) | {percent(row['test_acc'])} | {seconds} | "
