@@ -44,7 +44,9 @@ class PipelineBenchConfig:
     evaluated ``evals_per_epoch`` times an epoch."""
 
     data_dir: str = ""
-    layers: int = 6
+    layers: int = 7
+    """7 hidden layers of 256 split into two stages of equal cost: the first three blocks, and the other
+    four with the classifier (see ``block_costs``)."""
     width: int = 256
     epochs: int = 3
     batch_size: int = 128
