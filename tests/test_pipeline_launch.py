@@ -1,11 +1,14 @@
 """``synthgrad train --stages K``: bad input is refused before any process starts, with one line."""
+import multiprocessing
+import os
 import socket
+import time
 
 import pytest
 
 from synthgrad.cli import main
-from synthgrad.pipeline.launch import check_port, free_port
 from synthgrad.errors import SynthgradError
+from synthgrad.pipeline.launch import FAILED_STATUS, _describe_exit, _wait, check_port, free_port
 
 DRY = ["train", "--dry-run", "--no-progress"]
 
@@ -43,3 +46,16 @@ def test_under_torchrun_the_number_of_processes_must_match_the_stages(tmp_path, 
     assert "--stages 2 but the job has 3 processes" in capsys.readouterr().err
     assert main([*DRY, "--stages", "2"], environ=environ) == 2
     assert "under torchrun pass --out" in capsys.readouterr().err
+
+
+def test_the_launcher_kills_a_rank_that_outlives_a_failure_by_the_grace_period():
+    context = multiprocessing.get_context("spawn")
+    hung = context.Process(target=time.sleep, args=(120,))
+    failed = context.Process(target=os._exit, args=(FAILED_STATUS,))
+    for process in (hung, failed):
+        process.start()
+    started = time.monotonic()
+    _wait([hung, failed], grace_s=0.5)
+    assert time.monotonic() - started < 30
+    assert [_describe_exit(process.exitcode) for process in (hung, failed)] == [
+        "was killed by SIGKILL", "exited with status 4 because another rank failed"]
