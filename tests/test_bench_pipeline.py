@@ -21,9 +21,16 @@ def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
     assert rows == ["| schedule", "| backprop, 1 process", "| cDNI update-unlocked", "| GPipe (torch.distributed.pipelining)",
                     "| 1F1B (torch.distributed.pipelining)", "| cDNI, 1 process, same cut"]
 
-    before = {path: path.stat().st_mtime_ns for path in out.glob("*/summary.json")}
+    def written():
+        return {path.parent.name: path.stat().st_mtime_ns for path in out.glob("*/summary.json")}
+
+    before = written()
     run_pipeline(config, out, command="synthgrad bench pipeline --dry-run", progress=False)
-    assert {path: path.stat().st_mtime_ns for path in out.glob("*/summary.json")} == before
+    assert written() == before
+    config.max_staleness = 2  # only the unlocked cell depends on it: only it runs again
+    run_pipeline(config, out, command="synthgrad bench pipeline --dry-run --max-staleness 2", progress=False)
+    after = written()
+    assert [name for name in before if after[name] != before[name]] == ["unlocked"]
 
 
 def test_bench_pipeline_needs_two_stages(tmp_path, capsys):

@@ -13,11 +13,13 @@ throughput, test accuracy after equal wall time, and the wall time to reach 97% 
   accuracy reference for ``unlocked`` after equal epochs.
 
 Wall time counts training only: segment clocks on rank 0, not process start-up, evaluation or
-checkpoints. Finished cells (their ``summary.json``) are skipped when the benchmark is run again.
+checkpoints. Finished cells (a ``summary.json`` beside the same ``config.json``) are skipped when the
+benchmark is run again; a cell whose options changed runs again.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, build_model, run_experiment
-from synthgrad.metrics import SUMMARY_FILE, read_metrics, write_json
+from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, read_metrics, write_json
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun
 from synthgrad.pipeline.launch import launch_local
 from synthgrad.pipeline.stage import block_costs, partition, stage_cut_model
@@ -72,12 +74,12 @@ def _classifier(config: PipelineBenchConfig, method: str) -> ClassifierConfig:
 
 
 def _pipeline_run(config: PipelineBenchConfig, name: str) -> PipelineRun:
-    pipeline = PipelineConfig(num_stages=config.num_stages, max_staleness=config.max_staleness,
-                              timeout_s=config.timeout_s, threads=1)
+    pipeline = PipelineConfig(num_stages=config.num_stages, timeout_s=config.timeout_s, threads=1)
     if name == "backprop":
         return PipelineRun(_classifier(config, "backprop"), replace(pipeline, num_stages=1, schedule="lockstep"))
     if name == "unlocked":
-        return PipelineRun(_classifier(config, "cdni"), replace(pipeline, schedule="unlocked"))
+        return PipelineRun(_classifier(config, "cdni"),
+                           replace(pipeline, schedule="unlocked", max_staleness=config.max_staleness))
     return PipelineRun(_classifier(config, "backprop"),
                        replace(pipeline, schedule=name, micro_batches=config.micro_batches))
 
@@ -99,6 +101,18 @@ def _run_single_process_cdni(config: PipelineBenchConfig, run_dir: Path) -> dict
     summary["samples_per_s"] = summary["steps"] * config.batch_size / summary["train_seconds"]
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _cell_config(config: PipelineBenchConfig, name: str) -> dict[str, Any]:
+    """What a cell's ``config.json`` holds when it was run with ``config``."""
+    return asdict(_classifier(config, "cdni")) if name == "cdni" else asdict(_pipeline_run(config, name))
+
+
+def _saved_config(run_dir: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads((run_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _timeline(run_dir: Path) -> list[tuple[float, float]]:
@@ -123,11 +137,13 @@ def run_pipeline(config: PipelineBenchConfig, out_dir: Path, *, command: str = "
     names = (*SCHEDULES, "cdni")
     for name in tqdm(names, desc="pipeline bench", disable=not progress, unit="run"):
         run_dir = out_dir / name
-        if (run_dir / SUMMARY_FILE).is_file():
+        if (run_dir / SUMMARY_FILE).is_file() and _saved_config(run_dir) == _cell_config(config, name):
             summaries[name] = json.loads((run_dir / SUMMARY_FILE).read_text())
         elif name == "cdni":
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or outdated cell starts afresh
             summaries[name] = _run_single_process_cdni(config, run_dir)
         else:
+            shutil.rmtree(run_dir, ignore_errors=True)
             summaries[name] = launch_local(_pipeline_run(config, name), run_dir)
 
     timelines = {name: _timeline(out_dir / name) for name in SCHEDULES}

@@ -180,6 +180,7 @@ class _RankTrainer:
         start_step = self._resume() if resume else 0
         if self.rank == 0 and not resume:
             write_json(self.run_dir / CONFIG_FILE, asdict(self.run))
+            truncate_metrics(self.run_dir, 0)  # the records of an earlier run in this directory go
         self.channel.broadcast_object(self.channel.gather_objects("ready"))  # every rank has its data and model
         log_every = self.train_config.log_every
         eval_every = self.train_config.eval_every or self.steps_per_epoch
