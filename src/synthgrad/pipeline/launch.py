@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -90,15 +91,21 @@ def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None,
                                  args=(run, Rendezvous(addr, port, rank, run.pipeline.num_stages), str(run_dir),
                                        resume, on_record))
                  for rank in range(run.pipeline.num_stages)]
-    for process in processes:
-        process.start()
+    # a launcher stopped by SIGTERM (or Ctrl-C) takes its ranks with it instead of leaving them orphaned
+    previous = (signal.signal(signal.SIGTERM, _exit_on_sigterm)
+                if threading.current_thread() is threading.main_thread() else None)
     try:
+        for process in processes:
+            process.start()
         _wait(processes, run.pipeline.timeout_s + _GRACE_S)
     except BaseException:
         for process in processes:
-            if process.exitcode is None:
+            if process.pid is not None and process.exitcode is None:
                 process.kill()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     statuses = [process.exitcode for process in processes]
     if any(status == BAD_INPUT_STATUS for status in statuses):
         raise SynthgradError(f"rank {statuses.index(BAD_INPUT_STATUS)} stopped on a bad configuration (its message "
@@ -107,6 +114,10 @@ def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None,
         raise PipelineFailure("; ".join(f"rank {rank} {_describe_exit(status)}"
                                         for rank, status in enumerate(statuses) if status))
     return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _wait(processes: list, grace_s: float) -> None:
