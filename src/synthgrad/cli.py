@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_bench.add_argument("--micro-batches", type=_positive(int), default=bench_defaults.micro_batches)
     pipeline_bench.add_argument("--max-staleness", type=_non_negative_int, default=bench_defaults.max_staleness)
     pipeline_bench.add_argument("--seed", type=int, default=bench_defaults.seed)
+    pipeline_bench.add_argument("--repeats", type=_positive(int), default=bench_defaults.repeats,
+                                help="run every schedule this many times, round-robin, and count the fastest run "
+                                "of each (on a shared machine the others measure the other jobs too)")
     pipeline_bench.add_argument("--dry-run", action="store_true", help="a few steps each on stand-in data")
     pipeline_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -391,7 +394,7 @@ def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = PipelineBenchConfig(
         data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)), layers=args.layers, width=args.width,
         epochs=args.epochs, batch_size=args.batch_size, num_stages=args.stages, micro_batches=args.micro_batches,
-        max_staleness=args.max_staleness, seed=args.seed, dry_run=args.dry_run)
+        max_staleness=args.max_staleness, seed=args.seed, repeats=args.repeats, dry_run=args.dry_run)
     command = "synthgrad bench pipeline " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["bench", "pipeline"] \
         else "synthgrad bench pipeline"
     run_pipeline(config, args.out, command=command.strip(), progress=not args.no_progress)

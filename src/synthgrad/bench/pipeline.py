@@ -59,6 +59,8 @@ class PipelineBenchConfig:
     target_acc: float = 0.97
     seed: int = 0
     timeout_s: float = 60.0
+    repeats: int = 1
+    """Run every schedule this many times, round-robin, and count the fastest run of each."""
     dry_run: bool = False
 
 
@@ -103,6 +105,10 @@ def _run_single_process_cdni(config: PipelineBenchConfig, run_dir: Path) -> dict
     return summary
 
 
+def _cell_dir(out_dir: Path, name: str, repeat: int) -> Path:
+    return out_dir / (name if repeat == 0 else f"{name}-{repeat + 1}")
+
+
 def _cell_config(config: PipelineBenchConfig, name: str) -> dict[str, Any]:
     """What a cell's ``config.json`` holds when it was run with ``config``."""
     return asdict(_classifier(config, "cdni")) if name == "cdni" else asdict(_pipeline_run(config, name))
@@ -128,32 +134,36 @@ def _accuracy_at(timeline: list[tuple[float, float]], seconds: float) -> Optiona
 
 def run_pipeline(config: PipelineBenchConfig, out_dir: Path, *, command: str = "synthgrad bench pipeline",
                  progress: bool = True) -> dict[str, Any]:
-    """Run every cell missing from ``out_dir`` (one run directory each), then write
+    """Run every cell missing from ``out_dir`` (one run directory each, ``<schedule>`` and, for further
+    repeats, ``<schedule>-<n>``), then write
     ``out_dir/results.json`` (``{"schedules": {name: {samples_per_s, test_acc, seconds_to_97, ...}}}``)
     and ``out_dir/pipeline.md`` (first line: ``command``). Returns the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries: dict[str, dict[str, Any]] = {}
     names = (*SCHEDULES, "cdni")
-    for name in tqdm(names, desc="pipeline bench", disable=not progress, unit="run"):
-        run_dir = out_dir / name
+    cells = [(name, repeat) for repeat in range(config.repeats) for name in names]  # round-robin over repeats
+    summaries: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for name, repeat in tqdm(cells, desc="pipeline bench", disable=not progress, unit="run"):
+        run_dir = _cell_dir(out_dir, name, repeat)
         if (run_dir / SUMMARY_FILE).is_file() and _saved_config(run_dir) == _cell_config(config, name):
-            summaries[name] = json.loads((run_dir / SUMMARY_FILE).read_text())
-        elif name == "cdni":
-            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or outdated cell starts afresh
-            summaries[name] = _run_single_process_cdni(config, run_dir)
+            summary = json.loads((run_dir / SUMMARY_FILE).read_text())
         else:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            summaries[name] = launch_local(_pipeline_run(config, name), run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or outdated cell starts afresh
+            summary = (_run_single_process_cdni(config, run_dir) if name == "cdni"
+                       else launch_local(_pipeline_run(config, name), run_dir))
+        summaries[name].append({**summary, "run_dir": run_dir})
 
-    timelines = {name: _timeline(out_dir / name) for name in SCHEDULES}
-    equal_seconds = min(summaries[name]["train_seconds"] for name in SCHEDULES)
+    # of the repeats, the fastest run counts: on a shared machine the others measure the other jobs too
+    best = {name: max(runs, key=lambda summary: summary["samples_per_s"]) for name, runs in summaries.items()}
+    timelines = {name: _timeline(best[name]["run_dir"]) for name in SCHEDULES}
+    equal_seconds = min(best[name]["train_seconds"] for name in SCHEDULES)
     schedules = {}
     for name in names:
-        summary, timeline = summaries[name], timelines.get(name, [])
+        summary, timeline = best[name], timelines.get(name, [])
         reached = [time for time, acc in timeline if acc >= config.target_acc]
         schedules[name] = {
             "samples_per_s": summary["samples_per_s"],
+            "samples_per_s_per_repeat": [run["samples_per_s"] for run in summaries[name]],
             "test_acc": _accuracy_at(timeline, equal_seconds) if name in SCHEDULES else None,
             "seconds_to_97": reached[0] if reached else None,
             "final_test_acc": summary["test_acc"], "train_seconds": summary["train_seconds"],

@@ -8,7 +8,7 @@ non-blocking (``isend``): a rank hands its output on and goes on computing while
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -53,12 +53,28 @@ class Channel:
         self._pending = [entry for entry in self._pending if not entry[1].is_completed()]
 
     def recv(self, shape: tuple[int, ...], src: int, tag: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        return self.post_recv(shape, src, tag, dtype)()
+
+    def post_recv(self, shape: tuple[int, ...], src: int, tag: int,
+                  dtype: torch.dtype = torch.float32) -> Callable[[], Tensor]:
+        """Post a receive now and return the function that waits for it and returns the tensor.
+
+        Posted early, a message is copied in while the rank computes (gloo moves a message once its
+        receive is posted); receives from one sender with one tag match in the order they are posted.
+        """
         tensor = torch.empty(shape, dtype=dtype, device=self.device)
         try:
-            dist.irecv(tensor, src, tag=tag).wait()
+            work = dist.irecv(tensor, src, tag=tag)
         except RuntimeError as error:
             raise PipelineFailure(describe_failure(src, self.timeout_s, error)) from None
-        return tensor
+
+        def wait() -> Tensor:
+            try:
+                work.wait()
+            except RuntimeError as error:
+                raise PipelineFailure(describe_failure(src, self.timeout_s, error)) from None
+            return tensor
+        return wait
 
     def flush(self) -> None:
         """Wait until every message sent so far has left."""

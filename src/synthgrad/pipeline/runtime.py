@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -221,16 +221,17 @@ class _RankTrainer:
             return
         plan = (unlocked_plan(self.num_stages, steps, self.run.pipeline.max_staleness) if self.schedule == "unlocked"
                 else lockstep_plan(self.num_stages, steps, self.run.pipeline.micro_batches))
-        pending: dict[int, tuple[Tensor, Optional[Tensor]]] = {}
+        pending: dict[int, tuple[Tensor, Optional[Tensor], Callable[[], Tensor]]] = {}
+        inputs = self._post_inputs(steps) if self.schedule == "unlocked" and not self.is_first else None
         last_forward = -1
         for action in plan[self.rank]:
             if action.op == FORWARD and self.schedule == "unlocked":
-                self._forward_unlocked(action.step, pending)
+                self._forward_unlocked(action.step, pending, inputs)
                 last_forward = action.step
                 progress.update()
             elif action.op == SYNTH:
-                output, context = pending.pop(action.step)
-                target = self.channel.recv(output.shape, self.rank + 1, TARGET)
+                output, context, target_arrived = pending.pop(action.step)
+                target = target_arrived()
                 self.sg_sum += self.stage.train_synthesizer(output, context, target)
                 self.sg_count += 1
                 self.staleness_sum += last_forward - action.step
@@ -243,16 +244,26 @@ class _RankTrainer:
                 self.stage.update()
                 progress.update()
 
-    def _forward_unlocked(self, step: int, pending: dict[int, tuple[Tensor, Optional[Tensor]]]) -> None:
+    def _post_inputs(self, steps: range) -> Iterator[Callable[[], Tensor]]:
+        """The receives of a segment's input activations, each posted one step ahead of its use."""
+        shape = (self.train_config.batch_size, *self.in_shape)
+        posted = self.channel.post_recv(shape, self.rank - 1, ACTIVATION)
+        for step in steps:
+            following = self.channel.post_recv(shape, self.rank - 1, ACTIVATION) if step + 1 < steps.stop else None
+            yield posted
+            posted = following
+
+    def _forward_unlocked(self, step: int, pending: dict[int, tuple[Tensor, Optional[Tensor], Callable[[], Tensor]]],
+                          inputs: Optional[Iterator[Callable[[], Tensor]]]) -> None:
         index = self._batch(step)
-        activation = (self.train_inputs[index] if self.is_first
-                      else self.channel.recv((len(index), *self.in_shape), self.rank - 1, ACTIVATION))
+        activation = self.train_inputs[index] if inputs is None else next(inputs)()
         context = self.train_contexts[index] if self.train_contexts is not None and not self.is_last else None
         labels = self.train_labels[index] if self.is_last else None
         result = self.stage.forward_unlocked(activation, context, labels)
         if not self.is_last:
             self.channel.send(result.output, self.rank + 1, ACTIVATION)
-            pending[step] = (result.output, context)
+            # the target is received while this rank computes the next steps
+            pending[step] = (result.output, context, self.channel.post_recv(result.output.shape, self.rank + 1, TARGET))
         if not self.is_first:
             self.channel.send(result.input_target, self.rank - 1, TARGET)
         if self.is_last:
