@@ -14,6 +14,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from synthgrad.experiments.mnist import ClassifierConfig, build_model, load_splits
+from synthgrad.metrics import read_metrics
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous
 from synthgrad.pipeline.launch import FAILED_STATUS, free_port, launch_local, rank_main
 from synthgrad.pipeline.runtime import stage_dir
@@ -93,9 +94,8 @@ def test_a_killed_rank_stops_the_other_with_its_name_and_resume_continues_the_sa
         for key in ("chain", "synthesizer"):
             for name, value in reference.get(key, {}).items():
                 assert torch.equal(resumed[key][name], value), f"{key}.{name}"
-
-
-
+    steps = [record["step"] for record in read_metrics(victim)]
+    assert steps == [record["step"] for record in read_metrics(tmp_path / "reference")] and steps[-1] == 400
 
 
 def test_a_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, capfd):
@@ -103,8 +103,6 @@ def test_a_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, capfd):
     processes = start_ranks([run, run], tmp_path / "run")
     try:
         wait_for([stage_dir(tmp_path / "run", 1) / "checkpoint-00000040.pt"], processes)
-
-
         os.kill(processes[1].pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
         processes[0].join(timeout=30)
