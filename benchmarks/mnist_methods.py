@@ -8,7 +8,6 @@ for backprop, DNI, cDNI (the default rank-32 synthesizers) and cDNI with the pap
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from common import base_parser, data_dir, median, run, write_table
 

@@ -1,9 +1,9 @@
-"""Copy the tables in benchmarks/results/ into the README at their ``<!-- name -->`` markers.
+"""Copy the tables in benchmarks/results/ into the README between their markers.
 
     python benchmarks/update_readme.py
 
-A marker is followed by the table it last received (up to the next blank line after it), so running
-this again after a benchmark replaces the old table instead of adding a second one.
+``benchmarks/results/<name>.md`` goes between ``<!-- name -->`` and ``<!-- /name -->``, replacing what
+was there, so running this again after a benchmark never adds a second copy.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for table in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
-        marker = f"<!-- {table.stem} -->"
-        pattern = re.compile(re.escape(marker) + r"\n(?:(?:Made by|\|).*\n|\n(?=\|))*")
-        text = pattern.sub(lambda _: marker + "\n" + table.read_text(), text)
+        start, end = f"<!-- {table.stem} -->", f"<!-- /{table.stem} -->"
+        pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), flags=re.DOTALL)
+        text = pattern.sub(lambda _: start + "\n" + table.read_text() + end, text)
     readme.write_text(text)
 
 

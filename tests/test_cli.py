@@ -99,15 +99,16 @@ def _config_from_json(run_dir: Path) -> ClassifierConfig:
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_train_dry_run_writes_a_complete_run_directory(tmp_path, environ, no_network, capsys, model, method):
     run_dir = tmp_path / "run"
-    argv = ["train", "--dry-run", "--no-progress", "--model", model, "--method", method, "--synth-width", "32",
-            "--batch-size", "64", "--seed", "3", "--out", str(run_dir)]
+    synth_width = None if method == "backprop" else 32  # backprop has no synthesizers to size
+    argv = ["train", "--dry-run", "--no-progress", "--model", model, "--method", method, "--batch-size", "64",
+            "--seed", "3", "--out", str(run_dir), *(["--synth-width", "32"] if synth_width else [])]
     assert _run(argv, environ) == 0
     stdout = capsys.readouterr().out
     assert "test accuracy" in stdout and f"run directory: {run_dir}" in stdout
 
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["model"], config["method"], config["dataset"]) == (model, method, "mnist")
-    assert config["dry_run"] is True and config["synth_width"] == 32
+    assert config["dry_run"] is True and config["synth_width"] == synth_width
     assert config["data_dir"] == str(Path(environ["SYNTHGRAD_DATA"]) / "mnist")
     assert config["train"]["batch_size"] == 64 and config["train"]["seed"] == 3
     assert config["train"]["use_context"] == (method == "cdni")
@@ -235,6 +236,7 @@ BAD_ARGUMENTS = [
     (["--decoupled-lr", "0"], "argument --decoupled-lr: expected a positive float, got '0'"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--on-divergence", "never"], "argument --on-divergence: invalid choice: 'never'"),
     (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
 ]
 
@@ -243,7 +245,9 @@ BAD_ARGUMENTS = [
 def test_bad_argument_exits_2(tmp_path, environ, capsys, flags, fragment):
     run_dir = tmp_path / "run"
     assert _run(["train", "--dry-run", "--no-progress", "--out", str(run_dir), *flags], environ) == 2
-    assert fragment in capsys.readouterr().err
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("synthgrad") and ": error: " in stderr and stderr.count("\n") == 1, stderr
+    assert fragment in stderr and stderr.endswith(" --help)\n")
     assert not run_dir.exists()
 
 
@@ -258,21 +262,6 @@ def _assert_one_line_error(capsys, *fragments: str) -> None:
 def test_device_cuda_without_cuda(tmp_path, environ, capsys):
     assert _run(["train", "--dry-run", "--device", "cuda", "--out", str(tmp_path / "run")], environ) == 2
     _assert_one_line_error(capsys, "--device cuda", "--device cpu")
-
-
-def test_checkpoint_interval_must_be_a_multiple_of_the_log_interval(tmp_path, environ, capsys):
-    run_dir = tmp_path / "run"
-    argv = ["train", "--dry-run", "--log-every", "10", "--checkpoint-every", "15", "--out", str(run_dir)]
-    assert _run(argv, environ) == 2
-    _assert_one_line_error(capsys, "--checkpoint-every 15 must be a multiple of --log-every 10")
-    assert not run_dir.exists()
-
-
-def test_synth_layers_negative(tmp_path, environ, capsys):
-    run_dir = tmp_path / "run"
-    assert _run(["train", "--dry-run", "--synth-layers", "-1", "--out", str(run_dir)], environ) == 2
-    _assert_one_line_error(capsys, "--synth-layers", "-1")
-    assert not run_dir.exists()
 
 
 def test_out_is_a_regular_file(tmp_path, environ, capsys):
@@ -370,3 +359,218 @@ def test_console_command_reports_one_line_without_traceback(tmp_path, environ):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("synthgrad train: error: ") and "train-images-idx3-ubyte.gz" in lines[0]
+
+
+# ------------------------------------------------------------------- bad inputs: the full table
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> Path:
+    """A run as if killed after its step-2 checkpoint: a 1-hidden-layer cDNI MLP on the dry run's
+    stand-in images (3 steps, a checkpoint after each of the first two), without final.pt and summary.json."""
+    root = tmp_path_factory.mktemp("interrupted")
+    run_dir = root / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--dry-run", "--no-progress", "--layers", "1", "--width", "16", "--log-every", "1",
+                     "--checkpoint-every", "1", "--data-dir", str(root / "no-mnist"), "--out", str(run_dir)],
+                    environ={}) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (run_dir / "final.pt").unlink()
+    (run_dir / "summary.json").unlink()
+    return run_dir
+
+
+def _copy_run(source: Path, tmp_path: Path) -> Path:
+    run_dir = tmp_path / "copy"
+    shutil.copytree(source, run_dir)
+    return run_dir
+
+
+def _edit_config(run_dir: Path, edit) -> None:
+    config = json.loads((run_dir / "config.json").read_text())
+    edit(config)
+    (run_dir / "config.json").write_text(json.dumps(config))
+
+
+def _corrupt_every_checkpoint(run_dir: Path) -> None:
+    for path in run_dir.glob("checkpoint-*.pt"):
+        path.write_bytes(path.read_bytes()[:100])  # truncated
+
+
+def _checkpoint_of_another_model(run_dir: Path) -> None:
+    _edit_config(run_dir, lambda config: config.update(width=24))  # the checkpoints hold a width-16 model
+
+
+def _finished(run_dir: Path) -> None:
+    (run_dir / "summary.json").write_text("{}\n")
+
+
+# (name, how to spoil a copy of the interrupted run (or None: no run needed), argv with RUN for its path,
+#  fragments of the one-line message). Every case must exit with status 2.
+BAD_INPUTS = [
+    ("synth option with backprop", None, ["train", "--method", "backprop", "--synth-rank", "8"],
+     ["--synth-rank sets synthesizers, but --method backprop has none", "--method dni or cdni"]),
+    ("synth lr with backprop", None, ["train", "--method", "backprop", "--synth-lr", "0.01"],
+     ["--synth-lr sets synthesizers, but --method backprop"]),
+    ("decoupled lr with backprop", None, ["train", "--method", "backprop", "--decoupled-lr", "0.01"],
+     ["--decoupled-lr sets synthesizers, but --method backprop"]),
+    ("synth layers with backprop", None, ["train", "--method", "backprop", "--model", "cnn", "--synth-layers", "1"],
+     ["--synth-layers sets synthesizers"]),
+    ("synth rank with dni", None, ["train", "--method", "dni", "--synth-rank", "8"],
+     ["--synth-rank applies to cDNI's linear synthesizers only, not to --method dni", "--method cdni"]),
+    ("negative synth layers", None, ["train", "--synth-layers", "-1"], ["--synth-layers must be >= 0, got -1"]),
+    ("checkpoint inside a metrics interval", None, ["train", "--log-every", "10", "--checkpoint-every", "15"],
+     ["--checkpoint-every 15 must be a multiple of --log-every 10"]),
+    ("resume without --out", None, ["train", "--resume"], ["--resume needs --out RUN_DIR"]),
+    ("resume with another option", lambda run_dir: None, ["train", "--resume", "--out", "RUN", "--lr", "0.1"],
+     ["--resume continues", "config.json", "drop --lr"]),
+    ("resume with --force", lambda run_dir: None, ["train", "--resume", "--force", "--out", "RUN"], ["drop --force"]),
+    ("gist --resume of a train run", lambda run_dir: None, ["gist", "--resume", "--out", "RUN"],
+     ["holds a synthgrad train run", "synthgrad train --resume"]),
+    ("resume a file", None, ["resume", "config.json-not-a-dir"], ["is a file, not a run directory"]),
+    ("resume a directory without config", lambda run_dir: (run_dir / "config.json").unlink(), ["resume", "RUN"],
+     ["has no config.json"]),
+    ("config.json edited to invalid JSON",
+     lambda run_dir: (run_dir / "config.json").write_text('{"model": "mlp",'), ["resume", "RUN"],
+     ["config.json is not a synthgrad run configuration (JSONDecodeError"]),
+    ("config.json with an unknown field", lambda run_dir: _edit_config(run_dir, lambda c: c.update(colour="red")),
+     ["resume", "RUN"], ["config.json is not a synthgrad run configuration", "colour"]),
+    ("config.json with a wrong type",
+     lambda run_dir: _edit_config(run_dir, lambda c: c["train"].update(lr="fast")), ["train", "--resume", "--out", "RUN"],
+     ["config.json is not a valid run configuration: lr must be a number, got 'fast'"]),
+    ("config.json with an impossible value",
+     lambda run_dir: _edit_config(run_dir, lambda c: c["train"].update(optimizer="rmsprop")), ["resume", "RUN"],
+     ["optimizer must be one of adam, sgd, got 'rmsprop'"]),
+    ("resume a finished run", _finished, ["resume", "RUN"], ["holds a finished run; there is nothing to resume"]),
+    ("every checkpoint corrupt", _corrupt_every_checkpoint, ["resume", "RUN"],
+     ["has no readable checkpoint", "every one is corrupt", "--force"]),
+    ("no checkpoint at all", lambda run_dir: [path.unlink() for path in run_dir.glob("checkpoint-*.pt")],
+     ["train", "--resume", "--out", "RUN"], ["has no readable checkpoint", "--force"]),
+    ("checkpoint of another model", _checkpoint_of_another_model, ["resume", "RUN"],
+     ["checkpoint-00000002.pt does not fit this run's model (size mismatch for blocks.0.1.weight", "--force"]),
+]
+
+
+@pytest.mark.parametrize("name, spoil, argv, fragments", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line(tmp_path, interrupted_run, capsys, name, spoil, argv, fragments):
+    run_dir = _copy_run(interrupted_run, tmp_path) if spoil else tmp_path / "untouched"
+    if spoil:
+        spoil(run_dir)
+    (tmp_path / "config.json-not-a-dir").write_text("{}")
+    argv = [str(run_dir) if arg == "RUN" else arg for arg in argv]
+    if argv[0] != "resume" and "--resume" not in argv:  # a new run: tiny, and never reaching its data
+        argv += ["--dry-run", "--no-progress", "--data-dir", str(tmp_path / "no-mnist"), "--out", str(run_dir)]
+    before = sorted(path.name for path in run_dir.iterdir()) if run_dir.exists() else None
+    assert _run(argv, environ={}) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"synthgrad {argv[0]}: error: ") and stderr.count("\n") == 1, stderr
+    for fragment in fragments:
+        assert fragment in stderr
+    after = sorted(path.name for path in run_dir.iterdir()) if run_dir.exists() else None
+    assert after == before  # nothing written, nothing deleted
+
+
+def test_bad_inputs_cover_options_files_and_checkpoints():
+    assert len(BAD_ARGUMENTS) + len(BAD_INPUTS) >= 30
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_one_before(tmp_path, interrupted_run, capsys):
+    run_dir = _copy_run(interrupted_run, tmp_path)
+    newest = run_dir / "checkpoint-00000002.pt"
+    newest.write_bytes(newest.read_bytes()[:len(newest.read_bytes()) // 2])
+    assert _run(["resume", str(run_dir), "--no-progress"], environ={}) == 0
+    assert f"resuming {run_dir} from step 1" in capsys.readouterr().err
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == DRY_RUN_STEPS
+    assert [record["step"] for record in _records(run_dir)] == [1, 2, 3]  # step 2 written once, again
+
+
+def test_checkpoint_of_another_model_shows_no_traceback(tmp_path, interrupted_run):
+    run_dir = _copy_run(interrupted_run, tmp_path)
+    _checkpoint_of_another_model(run_dir)
+    result = subprocess.run([sys.executable, "-m", "synthgrad.cli", "resume", str(run_dir)], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("synthgrad resume: error: ") and "does not fit this run's model" in line
+
+
+# ------------------------------------------------------------ the paper's presets and methods (issue 3)
+
+
+@pytest.mark.parametrize("argv, cuts, unlocks", [
+    (["--model", "fcn3", "--method", "cdni", "--forward-unlock"], [0, 1], [0, 1]),
+    (["--model", "fcn5", "--method", "dni", "--update-prob", "0.2"], [0, 1, 2, 3], []),
+    (["--model", "cnn3", "--method", "no-backprop"], [], []),
+    (["--model", "cnn4", "--method", "cdni", "--synth-width", "8"], [0, 1, 2], []),
+    (["--model", "cnn3", "--method", "dni", "--dataset", "cifar-10", "--batch-size", "16"], [0, 1], []),
+])
+def test_train_accepts_the_papers_presets(tmp_path, environ, no_network, argv, cuts, unlocks):
+    run_dir = tmp_path / "run"
+    assert _run(["train", "--dry-run", "--no-progress", "--out", str(run_dir), *argv], environ) == 0
+    keys = {key for record in _records(run_dir) for key in record}
+    assert {key for key in keys if key.startswith("sg/cos/")} == {f"sg/cos/{cut}" for cut in cuts}
+    assert {key for key in keys if key.startswith("si/cos/")} == {f"si/cos/{cut}" for cut in unlocks}
+    config, options = _config_from_json(run_dir), dict(zip(argv[::2], argv[1::2]))
+    assert (config.model, config.method) == (options["--model"], options["--method"])
+    assert config.dataset == options.get("--dataset", "mnist")
+
+
+def test_paper_flag_sets_the_papers_optimisation_unless_overridden(tmp_path, environ, no_network):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--dry-run", "--no-progress", "--model", "fcn3", "--paper", "--lr", "1e-4", "--out", str(run_dir)]
+    assert _run(argv, environ) == 0
+    train = _config_from_json(run_dir).train
+    assert (train.optimizer, train.synth_lr, train.batch_size, train.lr_schedule) == ("adam", 3e-5, 256, "constant")
+    assert train.lr == 1e-4  # given explicitly: it wins
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--model", "fcn4", "--layers", "5"], "--layers sets the depth of --model mlp; --model fcn4 fixes its own"),
+    (["--model", "cnn3", "--forward-unlock"], "--forward-unlock is available for the fully connected models"),
+])
+def test_impossible_preset_combinations(tmp_path, environ, capsys, flags, fragment):
+    assert _run(["train", "--dry-run", "--no-progress", "--out", str(tmp_path / "run"), *flags], environ) == 2
+    _assert_one_line_error(capsys, fragment)
+
+
+def test_update_prob_must_be_a_probability(tmp_path, environ, capsys):
+    assert _run(["train", "--dry-run", "--update-prob", "1.5", "--out", str(tmp_path / "run")], environ) == 2
+    assert "argument --update-prob: expected a probability in [0, 1], got '1.5'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- bench table1
+
+
+def test_bench_table1_dry_run_writes_the_table_and_resumes(tmp_path, environ, no_network, capsys):
+    out = tmp_path / "table1"
+    argv = ["bench", "table1", "--dry-run", "--no-progress", "--models", "fcn3", "cnn3", "--methods", "no-backprop",
+            "cdni", "--seeds", "0", "1", "--batch-size", "8", "--out", str(out)]
+    assert _run(argv, environ) == 0
+    table = (out / "table1.md").read_text()
+    assert table.startswith("Made by `synthgrad bench table1 --datasets mnist --models fcn3 cnn3 --methods no-backprop "
+                            "cdni --seeds 0 1 --batch-size 8 --out ")
+    assert "|  | No Bprop | cDNI |" in table
+    assert "| FCN 3 layers" in table and "| CNN 3 layers" in table and "median of 2 seeds" in table
+    results = json.loads((out / "results.json").read_text())["cells"]
+    assert len(results) == 2 * 2
+    cell = results["mnist/fcn3/cdni"]
+    assert len(cell["test_errors"]) == 2 and cell["test_error"] == pytest.approx(
+        sorted(cell["test_errors"])[0] / 2 + sorted(cell["test_errors"])[1] / 2)
+    assert (out / "table1-mnist.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    finished = out / "mnist" / "fcn3-no-backprop-seed1" / "summary.json"
+    stamp = finished.stat().st_mtime_ns
+    (out / "mnist" / "cnn3-cdni-seed0" / "summary.json").unlink()  # as if cut short
+    assert _run(argv, environ) == 0
+    assert finished.stat().st_mtime_ns == stamp  # finished cells are read back, not rerun
+    assert (out / "mnist" / "cnn3-cdni-seed0" / "summary.json").is_file()
+    assert json.loads((out / "results.json").read_text())["cells"].keys() == results.keys()
+
+
+def test_bench_table1_rejects_an_unknown_model(tmp_path, environ, capsys):
+    assert _run(["bench", "table1", "--dry-run", "--models", "fcn9", "--out", str(tmp_path / "t")], environ) == 2
+    stderr = capsys.readouterr().err
+    assert "--models fcn9: choose from fcn3, fcn4, fcn5, fcn6, cnn3, cnn4" in stderr and stderr.count("\n") == 1

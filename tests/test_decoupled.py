@@ -125,3 +125,58 @@ def test_decoupled_parameters_are_the_blocks_below_the_top_cut():
     model = DecoupledSequential(make_blocks(), [None, LinearSynthesizer(16), None])  # block 0 learns through block 1
     assert [id(p) for p in model.decoupled_parameters()] == [id(p) for b in model.blocks[:2] for p in b.parameters()]
     assert list(DecoupledSequential(make_blocks(), [None, None, None]).decoupled_parameters()) == []
+
+
+# ---------------------------------------------------------------- forward unlock (complete unlock)
+
+
+class _ExactInput(nn.Module):
+    """An input synthesizer that computes the real activation: a copy of the blocks below."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = nn.Sequential(*copy.deepcopy(blocks))
+
+    def forward(self, network_input):
+        return self.blocks(network_input)
+
+
+def test_exact_input_synthesizers_change_nothing_but_train_on_zero_error():
+    x, y = batch(8, seed=2)
+    blocks = [block.eval() for block in make_blocks(2)]
+    # blocks in eval mode: BatchNorm uses running statistics, so the copies inside _ExactInput compute the
+    # same function as the blocks they copy; the interfaces stay in training mode to do their work
+    plain = DecoupledSequential(copy.deepcopy(blocks), talking_synthesizers(3, std=0.1))
+    unlocked = DecoupledSequential(copy.deepcopy(blocks), talking_synthesizers(3, std=0.1),
+                                   input_synthesizers=[_ExactInput(blocks[:1]), None, _ExactInput(blocks[:3])])
+    for model in (plain, unlocked):
+        for block in model.blocks:
+            block.eval()
+        for interface in model.interfaces.values():
+            interface.train()
+        nn.functional.cross_entropy(model(x), y).backward()
+    for ours, theirs in zip(unlocked.blocks.parameters(), plain.blocks.parameters()):
+        assert_close(ours.grad, theirs.grad)
+    for ours, theirs in zip(unlocked.interfaces.parameters(), plain.interfaces.parameters()):
+        assert_close(ours.grad, theirs.grad)  # the cuts' targets arrive through the synthetic inputs
+    for parameter in unlocked.forward_unlocks.parameters():
+        assert_close(parameter.grad, torch.zeros_like(parameter))  # exact predictions: nothing to learn
+
+
+def test_blocks_run_on_the_synthetic_input_in_training_and_on_the_real_one_in_eval():
+    x, y = batch()
+    blocks = make_blocks()
+    predictor = nn.Linear(12, 16)
+    model = DecoupledSequential(blocks, [None, None, None], input_synthesizers=[predictor, None, None])
+    logits = model(x)
+    assert_close(logits, nn.Sequential(*blocks[1:])(predictor(x)))
+    nn.functional.cross_entropy(logits, y).backward()
+    assert blocks[0][0].weight.grad is not None  # the block below learns from the gradient at the prediction
+    model.eval()
+    with torch.no_grad():
+        assert_close(model(x), nn.Sequential(*blocks)(x))
+
+
+def test_wrong_number_of_input_synthesizers_is_a_clear_error():
+    with pytest.raises(ValueError, match="4 blocks have 3 inputs that can be predicted, but 1 input synthesizers"):
+        DecoupledSequential(make_blocks(), [None, None, None], input_synthesizers=[None])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from synthgrad import gradient_cosine, synthesizer_loss, synthetic_gradient
+from synthgrad import gradient_cosine, synthesizer_loss, synthetic_gradient, synthetic_input
 from synthgrad.functional import synthesizer_loss_grad
 
 
@@ -59,3 +59,26 @@ def test_observers_see_synthetic_and_per_example_target():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"synthetic gradient has shape \(4, 3\) but the activation has \(4, 2\)"):
         synthetic_gradient(torch.randn(4, 2, requires_grad=True), torch.randn(4, 3))
+
+
+# ------------------------------------------------------------------------------ synthetic input
+
+
+def test_synthetic_input_returns_the_prediction_and_regresses_it_onto_the_activation():
+    activation = torch.randn(5, 3, requires_grad=True)
+    predicted = torch.randn(5, 3, requires_grad=True)
+    seen = []
+    output = synthetic_input(activation, predicted, observers=[lambda p, a: seen.append((p, a))])
+    assert torch.equal(output, predicted)
+    upstream = torch.randn(5, 3)
+    output.backward(upstream)
+    assert_close(activation.grad, upstream)  # the block above's gradient becomes the target below
+    reference = predicted.detach().clone().requires_grad_()
+    synthesizer_loss(reference, activation.detach()).backward()  # the oracle: autograd of the loss
+    assert_close(predicted.grad, reference.grad)
+    assert torch.equal(seen[0][0], predicted.detach()) and torch.equal(seen[0][1], activation.detach())
+
+
+def test_synthetic_input_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"synthetic input has shape \(4, 3\) but the activation it stands for"):
+        synthetic_input(torch.randn(4, 2), torch.randn(4, 3))

@@ -2,7 +2,6 @@
 import copy
 
 import torch
-from torch import nn
 from torch.testing import assert_close
 
 from oracle import backprop_reference, make_blocks

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,10 +118,76 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
 
 
 def test_checkpoints_keep_the_newest_and_skip_unreadable_ones(tmp_path):
-    for step in (10, 20, 30, 40):
-        save_atomically(tmp_path / f"checkpoint-{step:08d}.pt", {"step": step})
-    prune_checkpoints(tmp_path, keep=2)
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [30, 40]
-    (tmp_path / "checkpoint-00000040.pt").write_bytes(b"torn")
-    assert load_latest_checkpoint(tmp_path) == {"step": 30}
+    for step in (10, 20, 30, 40, 50):
+        save_atomically(tmp_path / f"checkpoint-{step:08d}.pt", {"step": step, "model": {}})
+    prune_checkpoints(tmp_path, keep=3)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [30, 40, 50]
+    (tmp_path / "checkpoint-00000050.pt").write_bytes(b"torn")
+    save_atomically(tmp_path / "checkpoint-00000040.pt", {"step": 40})  # loads, but is no checkpoint
+    assert load_latest_checkpoint(tmp_path) == {"step": 30, "model": {}}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _crash_after(run_dir: Path, step: int) -> None:
+    """Make a finished run look killed right after its step-``step`` checkpoint (the files it would not
+    have written yet removed; its metrics beyond that step are kept, as a crash leaves them)."""
+    for name in ("summary.json", "final.pt", "samples.pt"):
+        (run_dir / name).unlink()
+    for later, path in list_checkpoints(run_dir):
+        if later > step:
+            path.unlink()
+
+
+def _assert_same_final_weights(left: Path, right: Path) -> None:
+    expected = torch.load(left / "final.pt", weights_only=True)["model"]
+    actual = torch.load(right / "final.pt", weights_only=True)["model"]
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_gist_resume_flag_continues_bit_identically(tmp_path, capsys):
+    """``gist --resume``: the gist schedule (1000 steps of batch 10, a checkpoint every 100), resumed
+    from step 700 of a copy of a finished run, ends with the same weights and metrics."""
+    environ = {"SYNTHGRAD_DATA": str(_data_root())}
+    reference, victim = tmp_path / "reference", tmp_path / "victim"
+    assert main(["gist", "--out", str(reference)], environ) == 0
+    shutil.copytree(reference, victim)
+    _crash_after(victim, 700)
+    capsys.readouterr()
+    assert main(["gist", "--resume", "--out", str(victim)], environ) == 0
+    assert f"resuming {victim} from step 700" in capsys.readouterr().err
+    _assert_same_final_weights(reference, victim)
+    assert _records(victim) == _records(reference)
+
+
+def test_train_resume_flag_is_synthgrad_resume(tmp_path, capsys):
+    """``train --resume --out DIR`` and ``resume DIR`` continue the same way (a dry run's 3 steps on
+    stand-in images, a checkpoint after every step, resumed from step 1)."""
+    reference = tmp_path / "reference"
+    assert main(["train", "--dry-run", "--no-progress", "--layers", "1", "--width", "16", "--log-every", "1",
+                 "--checkpoint-every", "1", "--data-dir", str(tmp_path / "no-mnist"), "--out", str(reference)],
+                environ={}) == 0
+    for argv in (["train", "--resume", "--no-progress", "--out"], ["resume", "--no-progress"]):
+        victim = tmp_path / argv[0]
+        shutil.copytree(reference, victim)
+        _crash_after(victim, 1)
+        capsys.readouterr()
+        assert main([*argv, str(victim)], environ={}) == 0
+        assert f"resuming {victim} from step 1" in capsys.readouterr().err
+        _assert_same_final_weights(reference, victim)
+        assert _records(victim) == _records(reference)
+
+
+@pytest.mark.parametrize("argv", [["resume", "RUN"], ["train", "--resume", "--out", "RUN"]])
+def test_a_resumed_run_can_switch_to_skipping_non_finite_steps(tmp_path, capsys, argv):
+    """What a diverged run needs to go on past the step that stopped it; nothing else changes."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dry-run", "--no-progress", "--layers", "1", "--width", "16", "--log-every", "1",
+                 "--checkpoint-every", "1", "--data-dir", str(tmp_path / "no-mnist"), "--out", str(run_dir)],
+                environ={}) == 0
+    _crash_after(run_dir, 1)
+    argv = [str(run_dir) if arg == "RUN" else arg for arg in argv]
+    assert main([*argv, "--no-progress", "--on-divergence", "skip"], environ={}) == 0
+    assert json.loads((run_dir / "config.json").read_text())["train"]["on_divergence"] == "skip"
+    assert [record.get("train/skipped_steps") for record in _records(run_dir)] == [None, 0, 0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from synthgrad import DecoupledSequential, LinearSynthesizer, block_parameters, synthesizer_parameters
 from synthgrad.experiments.mnist import build_mlp, load_splits
-from synthgrad.trainer import Split, TrainConfig, evaluate, make_optimizer, train
+from synthgrad.trainer import Split, TrainConfig, TrainingInterrupted, evaluate, make_optimizer, train
 
 DIM, HIDDEN, NUM_CLASSES = 20, 32, 2
 
@@ -189,13 +190,17 @@ def test_backprop_model_has_one_param_group(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"batch_size": 65}, "batch size 65 exceeds the 64 training examples"),
-    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
-    ({"lr_schedule": "linear"}, "lr_schedule must be one of"),
+    ({"batch_size": 65}, "batch_size 65 is larger than the 64 training examples"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of adam, sgd, got 'rmsprop'"),
+    ({"lr_schedule": "linear"}, "lr_schedule must be one of cosine, constant"),
+    ({"on_divergence": "ignore"}, "on_divergence must be one of stop, skip, got 'ignore'"),
+    ({"steps": 0}, "steps must be positive"),
+    ({"log_every": 0}, "log_every must be positive, got 0"),
+    ({"log_every": 10, "checkpoint_every": 15}, "checkpoint_every 15 must be a multiple of log_every 10"),
 ])
 def test_invalid_config_raises_a_clear_error(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        train(_model(), _separable(64, seed=1), _separable(64, seed=2), _config(steps=1, **overrides), tmp_path)
+        train(_model(), _separable(64, seed=1), _separable(64, seed=2), _config(**{"steps": 1, **overrides}), tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -313,3 +318,61 @@ def test_decoupled_lr_gives_the_blocks_below_the_top_cut_their_own_group():
     assert len(lrs) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="decoupled_lr needs a DecoupledSequential"):
         make_optimizer(torch.nn.Linear(3, 2), _config(decoupled_lr=0.001))
+
+
+# ------------------------------------------------------------------------------ stochastic updates
+
+
+def test_update_probability_zero_freezes_every_block_while_synthesizers_learn(tmp_path):
+    initial_blocks, initial_synth = _clone(block_parameters(_model())), _clone(synthesizer_parameters(_model()))
+    blocks, synth = _trained_parameters(tmp_path, "frozen", steps=5, update_prob=0.0)
+    assert _same(blocks, initial_blocks)
+    assert not _same(synth, initial_synth)
+
+
+def test_update_probability_moves_each_block_on_a_fraction_of_the_steps(tmp_path):
+    model = _model()
+    updates = [0] * len(model.blocks)
+    previous = [_clone(block.parameters()) for block in model.blocks]
+
+    config = _config(steps=1, update_prob=0.5, lr_schedule="constant")
+    train_split, test_split = _separable(320, seed=1), _separable(64, seed=2)
+    for step in range(40):  # one step per call, resuming, so that each step's updates can be seen
+        run_dir = tmp_path / f"step{step}"
+        train(model, train_split, test_split, replace(config, seed=step), run_dir)
+        current = [_clone(block.parameters()) for block in model.blocks]
+        for index, (before, after) in enumerate(zip(previous, current)):
+            updates[index] += not _same(before, after)
+        previous = current
+    assert all(8 <= count <= 32 for count in updates), updates  # ~20 of 40 each; never all or none
+
+
+def test_resume_with_stochastic_updates_is_bit_identical(tmp_path):
+    config = _config(steps=8, update_prob=0.5, log_every=1, checkpoint_every=0)
+    train_split, test_split = _separable(320, seed=1), _separable(64, seed=2)
+    straight = _model()
+    train(straight, train_split, test_split, config, tmp_path / "straight")
+
+    interrupted = _model()
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(interrupted, train_split, test_split, config, tmp_path / "resumed",
+              stop_requested=lambda: True)  # stops (with a checkpoint) after the first step
+    resumed = _model()
+    train(resumed, train_split, test_split, config, tmp_path / "resumed",
+          resume=torch.load(stopped.value.checkpoint, weights_only=False))
+    assert _same(_clone(resumed.parameters()), _clone(straight.parameters()))
+
+
+def test_update_probability_needs_a_decoupled_sequential(tmp_path):
+    with pytest.raises(ValueError, match="update_prob < 1 needs a DecoupledSequential"):
+        train(nn.Sequential(nn.Linear(DIM, NUM_CLASSES)), _separable(64, seed=1), _separable(32, seed=2),
+              _config(steps=1, update_prob=0.5, use_context=False), tmp_path)
+
+
+def test_frozen_parameters_stay_out_of_the_optimizer():
+    model = _model()
+    model.blocks[0].requires_grad_(False)
+    optimizer = make_optimizer(model, _config())
+    optimized = {id(param) for group in optimizer.param_groups for param in group["params"]}
+    assert not optimized & {id(param) for param in model.blocks[0].parameters()}
+    assert {id(param) for param in model.blocks[1].parameters()} <= optimized

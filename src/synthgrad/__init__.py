@@ -1,29 +1,44 @@
 """synthgrad: Decoupled Neural Interfaces using Synthetic Gradients (Jaderberg et al., arXiv 1608.05343)."""
 from synthgrad.decoupled import DecoupledSequential
 from synthgrad.errors import SynthgradError
-from synthgrad.functional import gradient_cosine, synthesizer_loss, synthetic_gradient
+from synthgrad.functional import gradient_cosine, synthesizer_loss, synthetic_gradient, synthetic_input
 from synthgrad.interfaces import (
     BackwardInterface,
+    ForwardInterface,
     backward_interfaces,
     block_parameters,
     named_backward_interfaces,
+    named_forward_interfaces,
     synthesizer_parameters,
 )
-from synthgrad.synthesizers import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, Synthesizer
+from synthgrad.recurrent import LSTMCore, backward_through_chunks
+from synthgrad.synthesizers import (
+    ConvSynthesizer,
+    InputSynthesizer,
+    LinearSynthesizer,
+    MLPSynthesizer,
+    Synthesizer,
+)
 
 __all__ = [
     "BackwardInterface",
     "ConvSynthesizer",
     "DecoupledSequential",
+    "ForwardInterface",
+    "InputSynthesizer",
+    "LSTMCore",
     "LinearSynthesizer",
     "MLPSynthesizer",
     "Synthesizer",
     "SynthgradError",
     "backward_interfaces",
+    "backward_through_chunks",
     "block_parameters",
     "gradient_cosine",
     "named_backward_interfaces",
+    "named_forward_interfaces",
     "synthesizer_loss",
     "synthesizer_parameters",
     "synthetic_gradient",
+    "synthetic_input",
 ]

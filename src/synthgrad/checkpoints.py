@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 
+from synthgrad.errors import SynthgradError
+
 _PATTERN = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
@@ -55,11 +57,27 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 def load_latest_checkpoint(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The newest step checkpoint of ``run_dir`` that loads, or ``None``; unreadable ones are skipped
-    (a crash cannot tear one, but a disk can)."""
+    """The newest step checkpoint of ``run_dir`` that loads and is a checkpoint (a dict with the
+    ``model`` and the ``step``), or ``None``; others are skipped (a crash cannot tear one, but a disk can)."""
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - any failure to read means: try the one before
             continue
+        if isinstance(state, dict) and {"model", "step"} <= state.keys():
+            return state
     return None
+
+
+def load_states(checkpoint: dict[str, Any], path: Path, **stateful: Any) -> None:
+    """``obj.load_state_dict(checkpoint[name])`` for each ``name=obj``; a checkpoint that does not fit
+    (another model or configuration wrote it) raises ``SynthgradError`` naming ``path``, its file."""
+    for name, obj in stateful.items():
+        try:
+            obj.load_state_dict(checkpoint[name])
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            detail = (f"it has no {name!r} entry" if isinstance(error, KeyError) else
+                      next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error)).rstrip("."))
+            raise SynthgradError(f"{path} does not fit this run's {name} ({detail}); it was written by another "
+                                 "model or configuration: resume from the run that wrote it, or start again "
+                                 "with --force") from None

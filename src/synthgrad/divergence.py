@@ -1,41 +1,62 @@
-"""Stop a run the step it goes non-finite, and say where: synthesizers can blow up, and a run that
-silently trains on NaNs wastes everything after that step."""
+"""Catch a run the step it goes non-finite, and say where: synthesizers can blow up, and a run that
+silently trains on NaNs wastes everything after that step.
+
+Every step, after the backward pass and before the optimizer moves anything, the loss and every gradient
+are checked. That covers the three ways a run diverges within one step: a non-finite loss (from the
+forward pass or a block's weights), a non-finite synthetic gradient (which the loss never sees, but
+which makes the gradients of the blocks below its cut and of its synthesizer non-finite), and a
+non-finite weight (a block's shows in the next loss, a synthesizer's in the next synthetic gradient).
+The guard then either stops the run (``on_divergence="stop"``, the default) or skips the step and slows
+the synthesizers down (``"skip"``).
+"""
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from synthgrad.checkpoints import list_checkpoints
 from synthgrad.errors import SynthgradError
+from synthgrad.interfaces import synthesizer_parameters
+
+ON_DIVERGENCE = ("stop", "skip")
+"""What a non-finite step does: stop the run (raise ``TrainingDiverged``), or skip that step."""
+SKIP_SYNTH_LR_FACTOR = 0.5
+"""Under ``on_divergence="skip"`` every skipped step multiplies the synthesizers' learning rate by this
+for the rest of the run: a synthesizer blowing up is the usual cause, and a smaller step is the usual cure."""
+MAX_CONSECUTIVE_SKIPS = 10
+"""Under ``on_divergence="skip"`` the run stops as under ``"stop"`` when this many steps in a row were
+skipped (the synthesizers' rate is then 0.5**10, about 1e-3 of what it was): by then the weights
+themselves are non-finite, or every batch makes them so, and skipping more would only hide it."""
 
 _CUT = re.compile(r"^interfaces\.(\w+)\.synthesizer\.")
+_FORWARD_UNLOCK = re.compile(r"^forward_unlocks\.(\w+)\.synthesizer\.")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 class TrainingDiverged(SynthgradError):
-    """The loss became non-finite; the message names the step, the tensors and the last good checkpoint."""
+    """A loss or gradient became non-finite; the message names the step, the tensors and the last good
+    checkpoint."""
 
 
 def part_of(parameter_name: str) -> str:
     """A readable name for the part of a model a parameter belongs to: ``synthesizer at cut 2`` and
     ``block 1`` in a ``DecoupledSequential``, the module path otherwise."""
-    for pattern, label in ((_CUT, "synthesizer at cut {}"), (_BLOCK, "block {}")):
+    for pattern, label in ((_CUT, "synthesizer at cut {}"), (_FORWARD_UNLOCK, "input synthesizer at cut {}"),
+                           (_BLOCK, "block {}")):
         match = pattern.match(parameter_name)
         if match:
             return label.format(match.group(1))
     return parameter_name.rpartition(".")[0] or parameter_name
 
 
-def check_loss(loss: Tensor, model: nn.Module, step: int, run_dir: Path) -> None:
-    """Raise ``TrainingDiverged`` if ``loss`` is not finite. A non-finite weight or synthetic gradient
-    makes the next loss non-finite, so checking the loss every step stops a run within one step of
-    either, at the cost of one scalar read; the tensors are looked at only then."""
-    if torch.isfinite(loss):
-        return
-    bad = {}
+def describe_divergence(loss: Tensor, model: nn.Module, step: int, run_dir: Path) -> str:
+    """One line: the step, the loss, every part with non-finite weights or gradients, and the newest
+    checkpoint in ``run_dir`` (which the guard never lets a non-finite step write over)."""
+    bad: dict[str, set[str]] = {}
     for name, param in model.named_parameters():
         for kind, tensor in (("weights", param), ("gradient", param.grad)):
             if tensor is not None and not torch.isfinite(tensor).all():
@@ -45,10 +66,97 @@ def check_loss(loss: Tensor, model: nn.Module, step: int, run_dir: Path) -> None
                                           for part, kinds in bad.items())
     else:
         largest = max(model.named_parameters(), key=lambda item: item[1].detach().abs().max().item())
-        where = (f"every weight is finite, but the forward pass overflowed (largest weights: "
-                 f"|w| = {largest[1].detach().abs().max().item():.3g} in {part_of(largest[0])})")
+        where = (f"every weight and gradient is finite, but the forward pass or a gradient's sum overflowed "
+                 f"(largest weights: |w| = {largest[1].detach().abs().max().item():.3g} in {part_of(largest[0])})")
     checkpoints = list_checkpoints(run_dir)
     checkpoint = (f"the last good checkpoint is {checkpoints[-1][1]}" if checkpoints
                   else "no checkpoint was written before it")
-    raise TrainingDiverged(f"training diverged at step {step}: the loss is {loss.item()}; {where}; {checkpoint}. "
-                           "Lower --lr or --synth-lr and start again")
+    return f"training diverged at step {step}: the loss is {loss.item()}; {where}; {checkpoint}"
+
+
+class DivergenceGuard:
+    """Checks each step before the optimizer moves anything; stops or skips a non-finite one.
+
+    Use: ``before_forward()`` at the top of a step, ``allows_step(loss, step)`` after ``backward()``;
+    when it returns ``False`` the step is skipped: the caller must not call ``optimizer.step()``
+    (nor count the step's loss in its metrics). The guard has then restored the model's buffers (e.g.
+    BatchNorm's running statistics, which the forward pass moved) and multiplied the synthesizers'
+    learning rate by ``SKIP_SYNTH_LR_FACTOR`` in both the optimizer and the schedule's base rates, so
+    that a checkpoint carries the lowered rate. Weights and optimizer state are left exactly as they
+    were before the step.
+
+    Args:
+        model, optimizer, scheduler: what the trainer steps; the scheduler must keep ``base_lrs``
+            (every ``torch.optim.lr_scheduler.LRScheduler`` does).
+        run_dir: where checkpoints are, for the message.
+        on_divergence: one of ``ON_DIVERGENCE``.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, run_dir: Path,
+                 on_divergence: str = "stop") -> None:
+        if on_divergence not in ON_DIVERGENCE:
+            raise ValueError(f"on_divergence must be one of {ON_DIVERGENCE}, got {on_divergence!r}")
+        self._model, self._optimizer, self._scheduler, self._run_dir = model, optimizer, scheduler, run_dir
+        self.is_skipping = on_divergence == "skip"
+        self._params = list(model.parameters())
+        synth_ids = {id(param) for param in synthesizer_parameters(model)}
+        self._synth_groups = [index for index, group in enumerate(optimizer.param_groups)
+                              if synth_ids and all(id(param) in synth_ids for param in group["params"])]
+        self._buffers: list[Tensor] = []
+        self.consecutive_skips = 0
+        self._skipped = 0  # since the last pop()
+
+    def before_forward(self) -> None:
+        """Remember the buffers the forward pass is about to change (skipping mode only)."""
+        if self.is_skipping:
+            self._buffers = [buffer.detach().clone() for buffer in self._model.buffers()]
+
+    def allows_step(self, loss: Tensor, step: int) -> bool:
+        """``True`` if ``loss`` and every gradient are finite. Otherwise raise ``TrainingDiverged``
+        (stopping mode, or ``MAX_CONSECUTIVE_SKIPS`` reached), or undo the step's side effects, lower
+        the synthesizers' rate and return ``False``. One host sync per step: the sum of a tensor is
+        non-finite if any element is, and summing costs less than a max (measured on the default cDNI
+        MLP on a CPU: 11.1-12.2 ms per step with this check, 10.6-12.2 with the loss alone, i.e. within
+        the noise between runs)."""
+        sums = [param.grad.sum() for param in self._params if param.grad is not None]
+        if bool(torch.isfinite(torch.stack([loss.detach().reshape(()), *sums])).all()):
+            self.consecutive_skips = 0
+            return True
+        message = describe_divergence(loss, self._model, step, self._run_dir)
+        if not self.is_skipping:
+            raise TrainingDiverged(f"{message}. Lower --lr or --synth-lr and start again, "
+                                   "or pass --on-divergence skip")
+        if self.consecutive_skips + 1 >= MAX_CONSECUTIVE_SKIPS:
+            raise TrainingDiverged(f"{message}; gave up after {MAX_CONSECUTIVE_SKIPS} skipped steps in a row. "
+                                   "Lower --lr or --synth-lr and start again")
+        with torch.no_grad():
+            for buffer, saved in zip(self._model.buffers(), self._buffers):
+                buffer.copy_(saved)
+        for param in self._params:
+            param.grad = None
+        for index in self._synth_groups:
+            self._scheduler.base_lrs[index] *= SKIP_SYNTH_LR_FACTOR
+            self._optimizer.param_groups[index]["lr"] *= SKIP_SYNTH_LR_FACTOR
+        self.consecutive_skips += 1
+        self._skipped += 1
+        return False
+
+    def pop(self) -> dict[str, float]:
+        """Metrics since the last call (skipping mode only): ``train/skipped_steps`` and the synthesizers'
+        current learning rate ``train/synth_lr``; then reset."""
+        if not self.is_skipping:
+            return {}
+        record: dict[str, float] = {"train/skipped_steps": self._skipped}
+        if self._synth_groups:
+            record["train/synth_lr"] = self._optimizer.param_groups[self._synth_groups[0]]["lr"]
+        self._skipped = 0
+        return record
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consecutive_skips": self.consecutive_skips, "skipped": self._skipped}
+
+    def load_state_dict(self, state: Optional[dict[str, int]]) -> None:
+        """Restore from ``state_dict()``; ``None`` (a checkpoint written before the guard kept state)
+        means nothing was skipped."""
+        state = state or {}
+        self.consecutive_skips, self._skipped = state.get("consecutive_skips", 0), state.get("skipped", 0)

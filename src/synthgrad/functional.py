@@ -1,8 +1,9 @@
 """Stateless core of Decoupled Neural Interfaces (Jaderberg et al., arXiv 1608.05343).
 
 Everything that touches gradients lives here, once: how a synthetic gradient is delivered to the part
-below a cut, how the gradient arriving from above becomes the synthesizer's regression target, the
-synthesizer loss, and the cosine used to judge synthetic gradients.
+below a cut, how the gradient arriving from above becomes the synthesizer's regression target, how a
+synthetic input replaces a real one (forward unlock), the synthesizer loss, and the cosine used to
+judge synthetic gradients.
 
 Scale convention. Training losses are means over the batch, so the true gradient of one example's
 activation is O(1/B). Synthesizers instead predict the *per-example* gradient, ``B * dL/dh``, whose
@@ -17,7 +18,8 @@ import torch
 from torch import Tensor
 
 GradientObserver = Callable[[Tensor, Tensor], None]
-"""Called as ``observer(synthetic_grad, target_grad)`` (both detached, per-example scale) in backward."""
+"""Called as ``observer(prediction, target)`` in backward, both detached: ``(synthetic_grad,
+target_grad)`` at per-example scale at a cut, ``(synthetic input, real activation)`` at a forward unlock."""
 
 
 def synthesizer_loss(synthetic_grad: Tensor, target_grad: Tensor) -> Tensor:
@@ -111,3 +113,50 @@ def synthetic_gradient(
             f"{tuple(activation.shape)}: a synthesizer must return a tensor shaped like its input"
         )
     return _SyntheticGradient.apply(activation, synthetic_grad, pass_target_grad, tuple(observers))
+
+
+class _SyntheticInput(torch.autograd.Function):
+    """Returns the predicted input in forward; in backward, trains the prediction and hands the
+    arriving gradient to the real activation.
+
+    Paper section 3.3 (complete unlock): the block above runs on ``predicted`` = I(x) instead of
+    waiting for the real ``activation``. Backward receives dL/d(predicted) from that block and returns
+    - for ``activation``: that same gradient, so a cut on the real activation below still gets its
+      (bootstrapped) target, evaluated at the synthetic input;
+    - for ``predicted``: the gradient of ``synthesizer_loss(predicted, activation)``, the regression of
+      the input synthesizer onto the real activation. Nothing from the block above reaches it.
+    """
+
+    @staticmethod
+    def forward(ctx, activation, predicted, observers):  # noqa: D401
+        ctx.save_for_backward(activation, predicted)
+        ctx.observers = observers
+        return predicted.view_as(predicted)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        activation, predicted = (tensor.detach() for tensor in ctx.saved_tensors)
+        for observer in ctx.observers:
+            observer(predicted, activation)
+        grad_activation = grad_output if ctx.needs_input_grad[0] else None
+        grad_predicted = synthesizer_loss_grad(predicted, activation) if ctx.needs_input_grad[1] else None
+        return grad_activation, grad_predicted, None
+
+
+def synthetic_input(
+    activation: Tensor,
+    predicted: Tensor,
+    *,
+    observers: Iterable[GradientObserver] = (),
+) -> Tensor:
+    """Forward unlock: returns a tensor equal to ``predicted`` (an input synthesizer's prediction of
+    ``activation``, same shape ``(B, *features)``) for the block above to run on. Its backward regresses
+    ``predicted`` onto ``activation`` with ``synthesizer_loss`` and passes the gradient that arrives from
+    the block above on to ``activation``. ``observers`` see each (predicted, activation) pair in backward.
+    """
+    if predicted.shape != activation.shape:
+        raise ValueError(
+            f"synthetic input has shape {tuple(predicted.shape)} but the activation it stands for has "
+            f"{tuple(activation.shape)}: an input synthesizer must predict the activation's shape"
+        )
+    return _SyntheticInput.apply(activation, predicted, tuple(observers))

@@ -2,8 +2,9 @@
 
 Metric keys are stable and documented in the README: ``train/loss``, ``train/acc``, ``test/loss``,
 ``test/acc``, and per cut ``k`` (the index of the block whose output is cut) ``sg/loss/<k>`` (the
-synthesizer loss) and ``sg/cos/<k>`` (cosine between synthetic and target gradient). Every record
-also has ``step`` and ``epoch``.
+synthesizer loss) and ``sg/cos/<k>`` (cosine between synthetic and target gradient); with forward
+unlocks, ``si/loss/<k>`` and ``si/cos/<k>`` compare the synthetic input that replaces block ``k``'s
+output with the real output. Every record also has ``step`` and ``epoch``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from synthgrad.checkpoints import list_checkpoints
 from synthgrad.errors import SynthgradError
 
 METRICS_FILE = "metrics.jsonl"
@@ -47,6 +49,14 @@ class MetricsLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file written by ``write_json``; a clear error if it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise SynthgradError(f"cannot read {path}: {error}") from None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -86,3 +96,12 @@ def smooth(values: Iterable[float], factor: float = LOSS_SMOOTHING) -> list[floa
     for value in values:
         smoothed.append(value if not smoothed else factor * smoothed[-1] + (1 - factor) * value)
     return smoothed
+
+
+def clear_run_files(run_dir: Path) -> None:
+    """Delete what a run wrote into ``run_dir`` (``RUN_FILES``, figures, checkpoints), so that a new run
+    there cannot mix with the old one; other files are left alone."""
+    stale = [path for path in Path(run_dir).iterdir() if path.name in RUN_FILES or path.suffix == ".png"]
+    stale += [path for _, path in list_checkpoints(run_dir)]
+    for path in stale:
+        path.unlink()

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from synthgrad.errors import SynthgradError  # noqa: E402
@@ -43,6 +44,30 @@ def plot_run(run_dir: Path) -> list[Path]:
             written.append(_plot_gradients(samples, run_dir / "gradients.png"))
         written.append(_plot_predictions(samples, run_dir / "predictions.png"))
     return written
+
+
+def plot_test_error_curves(curves: dict[str, dict[str, list[Path]]], *, title: str, path: Path) -> Path:
+    """One panel per entry of ``curves`` (e.g. per model), each with test error % against training step
+    for every method on the same axes; ``curves[panel][method]`` lists run directories (one per seed,
+    drawn in the method's colour). Runs without metrics yet are skipped."""
+    panels = list(curves)
+    columns = min(3, len(panels))
+    rows = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for axis, panel in zip(axes.flat, panels):
+        for color, (method, run_dirs) in enumerate(curves[panel].items()):
+            for seed, run_dir in enumerate(run_dirs):
+                if not (Path(run_dir) / METRICS_FILE).is_file():
+                    continue
+                steps, accuracies = _series(read_metrics(run_dir), "test/acc")
+                axis.plot(steps, [100 * (1 - acc) for acc in accuracies], "o-", markersize=3, color=f"C{color}",
+                          label=method if seed == 0 else None)
+        axis.set(title=panel, xlabel="training step", ylabel="test error %", yscale="log")
+        axis.legend()
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    figure.suptitle(title)
+    return _save(figure, path)
 
 
 def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -109,6 +134,14 @@ def _plot_gradients(samples: dict, path: Path) -> Path:
     return path
 
 
+def _displayable(image: torch.Tensor) -> np.ndarray:
+    """A standardised image ``(C, H, W)`` as imshow wants it: ``(H, W)`` grey, or ``(H, W, 3)`` colour in [0, 1]."""
+    if image.shape[0] == 1:
+        return image[0].numpy()
+    low, high = image.min(), image.max()
+    return ((image - low) / (high - low).clamp_min(1e-12)).permute(1, 2, 0).numpy()
+
+
 def _plot_predictions(samples: dict, path: Path) -> Path:
     images, labels, predictions = samples["images"], samples["labels"], samples["predictions"]
     columns = 6
@@ -117,7 +150,7 @@ def _plot_predictions(samples: dict, path: Path) -> Path:
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(images):
-            axis.imshow(images[index].squeeze(0).numpy(), cmap="gray")
+            axis.imshow(_displayable(images[index]), cmap="gray")
             is_right = predictions[index] == labels[index]
             axis.set_title(f"predicted: {predictions[index].item()}", color="black" if is_right else "red", fontsize=9)
     return _save(figure, path)

@@ -4,6 +4,9 @@ Paper section 2 and appendix A: a synthesizer sees the activation (and, for cDNI
 one-hot label) and outputs a tensor shaped like the activation, at per-example scale (see
 ``synthgrad.functional``). Its output layer starts at zero, so at step 0 the network below a cut
 receives no update at all instead of noise.
+
+``InputSynthesizer`` is the forward counterpart (paper section 3.3, complete unlock): it predicts a
+block's input activation from the network's input.
 """
 from __future__ import annotations
 
@@ -179,3 +182,31 @@ class ConvSynthesizer(Synthesizer):
         planes = context[:, :, None, None].expand(batch, self.context_dim, height, width)
         output = self.net(torch.cat([activation, planes], dim=1))  # input (B, channels + context_dim, H, W)
         return output + self.context_map(context).view(batch, *self.map_shape)
+
+
+class InputSynthesizer(nn.Module):
+    """Predicts an activation ``(B, dim)`` from the network input ``(B, *input_shape)`` (flattened to
+    ``in_features``): ``num_hidden_layers`` of ``hidden_dim`` units with BatchNorm and ReLU, then a
+    linear output.
+
+    Unlike a gradient synthesizer its output layer keeps PyTorch's default initialisation: a zero
+    prediction would hand the block above the same input for every example, from which it cannot learn.
+    """
+
+    def __init__(self, in_features: int, dim: int, *, hidden_dim: int = 1024, num_hidden_layers: int = 1) -> None:
+        super().__init__()
+        if in_features <= 0 or dim <= 0 or hidden_dim <= 0 or num_hidden_layers < 0:
+            raise ValueError(
+                f"need in_features > 0, dim > 0, hidden_dim > 0 and num_hidden_layers >= 0; got "
+                f"in_features={in_features}, dim={dim}, hidden_dim={hidden_dim}, num_hidden_layers={num_hidden_layers}"
+            )
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for _ in range(num_hidden_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU()]
+            width = hidden_dim
+        layers.append(nn.Linear(width, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, network_input: Tensor) -> Tensor:
+        return self.net(network_input)

@@ -3,7 +3,7 @@
 It knows nothing of MNIST or of how the model was cut: the cuts do their work inside backward, and the
 trainer only (a) gives synthesizers their own learning rate, (b) hands one-hot labels to the model as
 context for cDNI, (c) records, through gradient hooks, how well each synthesizer predicts, and (d) makes
-runs survive: checkpoints to resume from exactly, Ctrl-C, and a stop at the first non-finite loss.
+runs survive: checkpoints to resume from exactly, Ctrl-C, and a guard against non-finite steps.
 """
 from __future__ import annotations
 
@@ -18,11 +18,17 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
-from synthgrad.checkpoints import checkpoint_path, prune_checkpoints, save_atomically
+from synthgrad.checkpoints import checkpoint_path, load_states, prune_checkpoints, save_atomically
 from synthgrad.decoupled import DecoupledSequential
-from synthgrad.divergence import check_loss
+from synthgrad.divergence import ON_DIVERGENCE, DivergenceGuard
+from synthgrad.errors import InvalidConfig
 from synthgrad.functional import gradient_cosine, synthesizer_loss
-from synthgrad.interfaces import block_parameters, named_backward_interfaces, synthesizer_parameters
+from synthgrad.interfaces import (
+    block_parameters,
+    named_backward_interfaces,
+    named_forward_interfaces,
+    synthesizer_parameters,
+)
 from synthgrad.metrics import FINAL_CHECKPOINT, MetricsLog, truncate_metrics
 
 
@@ -52,6 +58,13 @@ class TrainConfig:
     ``lr_schedule="cosine"`` anneals every learning rate to zero over the run: late in training the
     synthesizers' targets keep moving, and a decaying step size is what keeps the final accuracy at
     the best epoch's instead of drifting away from it.
+
+    ``update_prob`` (a ``DecoupledSequential`` only): at each step each block updates its weights
+    only with this probability, independently of the others (paper section 3.1, stochastic updates:
+    decoupled layers need not update in lockstep); synthesizers update at every step regardless.
+
+    ``on_divergence``: what a step with a non-finite loss or gradient does (see ``synthgrad.divergence``):
+    ``"stop"`` the run, or ``"skip"`` the step and halve the synthesizers' learning rate.
     """
 
     epochs: int = 10
@@ -64,6 +77,7 @@ class TrainConfig:
     momentum: float = 0.0
     lr_schedule: str = "cosine"
     synth_every: int = 1
+    update_prob: float = 1.0
     use_context: bool = False
     num_classes: int = 10
     eval_every: Optional[int] = None
@@ -74,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    on_divergence: str = "stop"
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -88,9 +103,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.decoupled_lr is not None:
         if not isinstance(model, DecoupledSequential):
             raise ValueError("decoupled_lr needs a DecoupledSequential, which knows which blocks are below a cut")
-        decoupled = list(model.decoupled_parameters())
+        decoupled = [param for param in model.decoupled_parameters() if param.requires_grad]
     decoupled_ids = {id(param) for param in decoupled}
-    groups = [{"params": [param for param in block_parameters(model) if id(param) not in decoupled_ids],
+    # frozen parameters (requires_grad=False, e.g. the lower layers of the no-backprop baseline) stay out
+    groups = [{"params": [param for param in block_parameters(model)
+                          if id(param) not in decoupled_ids and param.requires_grad],
                "lr": config.lr}]
     if decoupled:
         groups.append({"params": decoupled, "lr": config.decoupled_lr})
@@ -104,6 +121,33 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(groups, fused=True)
 
 
+def validate_train_config(config: TrainConfig, num_examples: Optional[int] = None) -> None:
+    """Raise ``InvalidConfig`` naming the field (and the allowed values) if ``config`` cannot work;
+    ``num_examples``, the size of the training split when known, bounds the batch size."""
+    for field, value, allowed in (("optimizer", config.optimizer, OPTIMIZERS),
+                                  ("lr_schedule", config.lr_schedule, LR_SCHEDULES),
+                                  ("on_divergence", config.on_divergence, ON_DIVERGENCE)):
+        if value not in allowed:
+            raise InvalidConfig(f"{{0}} must be one of {', '.join(allowed)}, got {value!r}", field)
+    if config.steps is not None and config.steps <= 0:
+        raise InvalidConfig(f"{{0}} must be positive (or None to train for epochs), got {config.steps}", "steps")
+    if not 0.0 <= config.update_prob <= 1.0:
+        raise InvalidConfig(f"{{0}} must be a probability in [0, 1], got {config.update_prob}", "update_prob")
+    for field in ("batch_size", "log_every", "stats_every", "synth_every", "keep_checkpoints"):
+        if getattr(config, field) <= 0:
+            raise InvalidConfig(f"{{0}} must be positive, got {getattr(config, field)}", field)
+    if config.checkpoint_every < 0:
+        raise InvalidConfig(f"{{0}} must be >= 0 (0: no checkpoints), got {config.checkpoint_every}",
+                            "checkpoint_every")
+    if config.checkpoint_every % config.log_every:
+        raise InvalidConfig(f"{{0}} {config.checkpoint_every} must be a multiple of {{1}} {config.log_every}, "
+                            "so that a checkpoint never falls inside a metrics interval",
+                            "checkpoint_every", "log_every")
+    if num_examples is not None and config.batch_size > num_examples:
+        raise InvalidConfig(f"{{0}} {config.batch_size} is larger than the {num_examples} training examples; "
+                            "choose a smaller {0}", "batch_size")
+
+
 def _lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     if config.lr_schedule == "constant":
         return lambda step: 1.0
@@ -111,15 +155,18 @@ def _lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 class _CutStatistics:
-    """Means of synthesizer loss and gradient cosine at each cut over the steps it was attached for.
+    """Means of synthesizer loss and cosine (prediction vs target) at each interface over the steps it
+    was attached for: ``sg/loss/<k>``, ``sg/cos/<k>`` at cuts, ``si/loss/<k>``, ``si/cos/<k>`` at
+    forward unlocks (synthetic input vs real activation).
 
-    ``attach()`` hooks every cut for the next backward pass; measuring costs about as much as a small
-    synthesizer, so the trainer attaches on every ``stats_every``-th step only.
+    ``attach()`` hooks every interface for the next backward pass; measuring costs about as much as a
+    small synthesizer, so the trainer attaches on every ``stats_every``-th step only.
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._cuts = named_backward_interfaces(model)
-        self._sums = [torch.zeros(2) for _ in self._cuts]  # (loss, cosine) per cut
+        self._cuts = ([(f"sg/{{}}/{name}", interface) for name, interface in named_backward_interfaces(model)]
+                      + [(f"si/{{}}/{name}", interface) for name, interface in named_forward_interfaces(model)])
+        self._sums = [torch.zeros(2) for _ in self._cuts]  # (loss, cosine) per interface
         self._counts = [0 for _ in self._cuts]
         self._handles: list[RemovableHandle] = []
 
@@ -141,12 +188,12 @@ class _CutStatistics:
         return observe
 
     def pop(self) -> dict[str, float]:
-        """The means since the last call, as ``sg/loss/<cut>`` and ``sg/cos/<cut>``; then reset."""
+        """The means since the last call, keyed as in the class docstring; then reset."""
         record = {}
-        for index, ((name, _), sums, count) in enumerate(zip(self._cuts, self._sums, self._counts)):
+        for index, ((key, _), sums, count) in enumerate(zip(self._cuts, self._sums, self._counts)):
             if count:
-                record[f"sg/loss/{name}"] = sums[0].item() / count
-                record[f"sg/cos/{name}"] = sums[1].item() / count
+                record[key.format("loss")] = sums[0].item() / count
+                record[key.format("cos")] = sums[1].item() / count
             sums.zero_()
             self._counts[index] = 0
         return record
@@ -165,6 +212,16 @@ class TrainingInterrupted(Exception):
     def __init__(self, step: int, checkpoint: Path) -> None:
         super().__init__(f"interrupted at step {step}; checkpoint written to {checkpoint}")
         self.step, self.checkpoint = step, checkpoint
+
+
+def _drop_block_updates(model: DecoupledSequential, generator: torch.Generator, update_prob: float) -> None:
+    """Stochastic updates: each block keeps its gradients with probability ``update_prob``; the others
+    drop them, so the optimizer leaves their weights (and moments) untouched this step."""
+    draws = torch.rand(len(model.blocks), generator=generator)  # (num_blocks,)
+    for block, draw in zip(model.blocks, draws.tolist()):
+        if draw >= update_prob:
+            for param in block.parameters():
+                param.grad = None
 
 
 def _epoch_order(seed: int, epoch: int, num_examples: int) -> Tensor:
@@ -208,25 +265,17 @@ def train(
     ``run_dir``.
 
     Returns the summary: final and best test accuracy, ``train_seconds`` (optimisation only, not
-    evaluation), ``steps``, ``epochs`` and the last logged ``sg/*`` value of each cut.
+    evaluation), ``steps``, ``epochs`` and the last logged ``sg/*`` and ``si/*`` value of each interface.
     ``on_record`` is called with every metrics record as it is written (e.g. to print it).
     ``resume``, a checkpoint of this run, continues it from that step; on the CPU the result is
     bit-identical to a run that was never interrupted (the data order follows from the step alone).
     ``stop_requested`` is asked after every step; when it says yes, the run writes a checkpoint and
     raises ``TrainingInterrupted`` (the command line asks it on Ctrl-C).
     """
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
     num_examples = len(train_split.labels)
-    if config.batch_size > num_examples:
-        raise ValueError(f"batch size {config.batch_size} exceeds the {num_examples} training examples")
-    if config.steps is not None and config.steps <= 0:
-        raise ValueError(f"steps must be positive (or None to train for epochs), got {config.steps}")
-    if config.checkpoint_every % config.log_every != 0:
-        raise ValueError(f"checkpoint_every ({config.checkpoint_every}) must be a multiple of log_every "
-                         f"({config.log_every})")
+    validate_train_config(config, num_examples)
+    if config.update_prob < 1.0 and not isinstance(model, DecoupledSequential):
+        raise ValueError("update_prob < 1 needs a DecoupledSequential, which knows its blocks")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
@@ -242,14 +291,18 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total_steps))
     synth_params = list(synthesizer_parameters(model))
     cut_statistics = _CutStatistics(model)
+    guard = DivergenceGuard(model, optimizer, scheduler, run_dir, config.on_divergence)
+    update_rng = torch.Generator().manual_seed(config.seed)  # which blocks update, for update_prob < 1
 
     best_acc, last_record, train_seconds, start_step = 0.0, {}, 0.0, 0
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        load_states(resume, checkpoint_path(run_dir, resume["step"]), model=model, optimizer=optimizer,
+                    scheduler=scheduler)
+        guard.load_state_dict(resume.get("divergence"))
         torch.set_rng_state(resume["rng"])
+        if "update_rng" in resume:  # absent from checkpoints written before stochastic updates existed
+            update_rng.set_state(resume["update_rng"])
         start_step = resume["step"]
         best_acc, train_seconds = resume["best_acc"], resume["train_seconds"]
         last_record = dict(resume["last_record"])
@@ -261,9 +314,11 @@ def train(
     def state(step: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state(),
+                "update_rng": update_rng.get_state(),
                 "best_acc": best_acc, "train_seconds": train_seconds, "last_record": last_record,
                 "interval": {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
                              "cut_statistics": cut_statistics.state_dict()},
+                "divergence": guard.state_dict(),
                 "config": asdict(config)}
 
     progress = tqdm(total=total_steps, initial=start_step, disable=not config.progress, unit="step",
@@ -279,22 +334,29 @@ def train(
             context = train_contexts[index] if train_contexts is not None else None
             is_measured = (step + 1) % config.stats_every == 0 or step + 1 == total_steps
             if is_measured:
+                unmeasured = cut_statistics.state_dict() if guard.is_skipping else None
                 cut_statistics.attach()  # before forward: a cut takes its observers when it is placed
+            guard.before_forward()
             logits = model(inputs, context) if context is not None else model(inputs)
             loss = nn.functional.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if is_measured:
                 cut_statistics.detach()
-            check_loss(loss, model, step + 1, run_dir)
+            is_finite = guard.allows_step(loss, step + 1)  # raises TrainingDiverged unless told to skip
             if step % config.synth_every != 0:
                 for param in synth_params:
                     param.grad = None  # optimizers skip parameters without a gradient
-            optimizer.step()
+            if config.update_prob < 1.0:
+                _drop_block_updates(model, update_rng, config.update_prob)
+            if is_finite:
+                optimizer.step()
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(dim=1) == labels).sum()
+                seen += len(labels)
+            elif is_measured:
+                cut_statistics.load_state_dict(unmeasured)  # a skipped step is not measured either
             scheduler.step()
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum()
-            seen += len(labels)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_seconds += time.perf_counter() - started
@@ -303,8 +365,10 @@ def train(
             done = step + 1
             is_eval = done % eval_every == 0 or done == total_steps
             if done % config.log_every == 0 or is_eval:
-                record = {"step": done, "epoch": done / steps_per_epoch, "train/loss": loss_sum.item() / seen,
-                          "train/acc": correct.item() / seen, **cut_statistics.pop()}
+                record = {"step": done, "epoch": done / steps_per_epoch,
+                          "train/loss": loss_sum.item() / seen if seen else math.nan,  # nan: every step skipped
+                          "train/acc": correct.item() / seen if seen else math.nan,
+                          **cut_statistics.pop(), **guard.pop()}
                 loss_sum.zero_(), correct.zero_()
                 seen = 0
                 if is_eval:
@@ -333,5 +397,5 @@ def train(
         "train_seconds": train_seconds,
         "steps": total_steps,
         "epochs": total_steps / steps_per_epoch,
-        **{key: value for key, value in last_record.items() if key.startswith("sg/")},
+        **{key: value for key, value in last_record.items() if key.startswith(("sg/", "si/"))},
     }

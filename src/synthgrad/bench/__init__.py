@@ -1,1 +1,2 @@
-"""Benchmarks behind ``synthgrad bench <name>``: each module runs one and writes a table and results.json."""
+"""Benchmarks run by ``synthgrad bench <name>``: each module runs a grid of training runs, resumably, and
+writes ``results.json``, a markdown table headed by the command that made it, and figures."""

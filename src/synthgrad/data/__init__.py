@@ -11,7 +11,7 @@ from synthgrad.data.idx_datasets import (
     load_idx_dataset,
     load_idx_files,
 )
-from synthgrad.data.registry import DATASET_NAMES, load_dataset
+from synthgrad.data.registry import DATASET_NAMES, IMAGE_SHAPES, load_dataset
 from synthgrad.data.splits import ImageSplits
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DatasetError",
     "IDX_DATASETS",
+    "IMAGE_SHAPES",
     "IdxDatasetSpec",
     "IdxFile",
     "ImageSplits",

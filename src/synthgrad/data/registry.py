@@ -21,6 +21,13 @@ _LOADERS: Mapping[str, Callable[..., ImageSplits]] = MappingProxyType({
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
 """The names `load_dataset` accepts: "mnist", "fashion-mnist", "cifar-10"."""
 
+IMAGE_SHAPES: Mapping[str, tuple[int, int, int]] = MappingProxyType({
+    **{name: (1, 28, 28) for name in IDX_DATASETS},
+    CIFAR10_SPEC.name: (3, 32, 32),
+})
+"""Each dataset's image shape (C, H, W), known without loading it: to build a model for it, or to
+refuse a model that does not fit, before any data is read."""
+
 
 def load_dataset(name: str, root: str | os.PathLike, *, download: bool = True) -> ImageSplits:
     """Load a dataset by name from its own data directory, downloading it if allowed.

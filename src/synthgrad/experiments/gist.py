@@ -3,7 +3,7 @@ synthesizer predicting dL/dh of the hidden activation instead of the gradients o
 
 Network and schedule follow the gist: 784-100-10 with ReLU on the hidden layer, batch 10, 1000
 iterations of SGD at lr 2e-2, one linear synthesizer on the hidden activation; test accuracy every
-500 iterations and the smoothed loss every 100. ``synth_every`` and ``synth_lr`` expose the gist's
+500 iterations and the smoothed loss every 100; a checkpoint every 100, so that a run can be resumed. ``synth_every`` and ``synth_lr`` expose the gist's
 knobs (it updated the synthesizer every 10th step at lr 1e-4), so their effect can be seen.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ from synthgrad.synthesizers import LinearSynthesizer
 from synthgrad.trainer import TrainConfig
 
 HIDDEN_DIM = 100
+GIST_MODEL = "gist"
+"""``ClassifierConfig.model`` of a gist run."""
 
 
 def gist_config(method: str = "dni", **train_overrides: object) -> ClassifierConfig:
@@ -23,9 +25,9 @@ def gist_config(method: str = "dni", **train_overrides: object) -> ClassifierCon
     ``train_overrides`` applied to the ``TrainConfig``."""
     settings = dict(steps=1000, batch_size=10, lr=2e-2, synth_lr=3e-3, optimizer="sgd",
                     lr_schedule="constant", synth_every=1, eval_every=500, log_every=1, stats_every=1,
-                    use_context=method == "cdni")
+                    checkpoint_every=100, use_context=method == "cdni")
     settings.update(train_overrides)
-    return ClassifierConfig(dataset="mnist", model="gist", method=method, layers=1, width=HIDDEN_DIM,
+    return ClassifierConfig(dataset="mnist", model=GIST_MODEL, method=method, layers=1, width=HIDDEN_DIM,
                             synth_layers=0, synth_width=HIDDEN_DIM,
                             train=TrainConfig(**settings))  # type: ignore[arg-type]
 

@@ -86,6 +86,10 @@ def check_pipeline_run(run: PipelineRun, *, min_stages: int = 2) -> list[range]:
     if pipe.num_stages < min_stages:
         raise SynthgradError(f"--stages {pipe.num_stages}: a pipeline needs at least 2 stages "
                              "(leave --stages out to train in one process)")
+    if classifier.method not in ("backprop", "dni", "cdni"):
+        raise SynthgradError(f"--method {classifier.method} cannot be split into stages: use backprop, dni or cdni")
+    if getattr(classifier, "forward_unlock", False) or getattr(classifier.train, "update_prob", 1.0) != 1.0:
+        raise SynthgradError("--forward-unlock and --update-prob are for one process: leave them out with --stages")
     schedule = resolve_schedule(run)
     if schedule == "unlocked" and classifier.method == "backprop":
         raise SynthgradError("--schedule unlocked needs synthesizers at the stage boundaries: "
@@ -99,8 +103,6 @@ def check_pipeline_run(run: PipelineRun, *, min_stages: int = 2) -> list[range]:
     if schedule == "unlocked" and pipe.micro_batches != 1:
         raise SynthgradError("--micro-batches is for lockstep, gpipe and 1f1b: the unlocked schedule fills the "
                              "pipeline with whole mini-batches, since no rank waits for a backward pass")
-    if schedule in ("gpipe", "1f1b") and classifier.model != "mlp":
-        raise SynthgradError(f"--schedule {schedule} is offered for --model mlp only")
     if pipe.max_staleness < 0:
         raise SynthgradError(f"--max-staleness must be >= 0, got {pipe.max_staleness}")
     if pipe.timeout_s <= 0:

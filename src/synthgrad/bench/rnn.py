@@ -1,0 +1,133 @@
+"""``synthgrad bench rnn``: the DNI paper's recurrent results (arXiv 1608.05343, section 3.1, table 1)
+measured here, beside the paper's numbers.
+
+Copy and Repeat Copy: the longest sequence length solved (curriculum, ``synthgrad.experiments.curriculum``)
+for truncations T = 2, 3, 4, 5 with BPTT, DNI and DNI+Aux, each cell a run of ``steps`` batches. Language
+model: validation bits per character against characters seen, for BPTT and DNI at several T.
+
+Writes into ``out_dir``: ``cells/<name>/`` (one run directory per cell; a cell whose ``summary.json``
+exists for the same configuration is not run again, so an interrupted bench resumes), and through
+``synthgrad.bench.report`` ``results.json`` and ``rnn.md`` (the tables; the first line names the
+command), plus ``bpc_vs_chars.png``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from tqdm.auto import tqdm
+
+from synthgrad.data.text import load_text
+from synthgrad.experiments.rnn import RNNConfig, run_rnn_experiment
+from synthgrad.bench.report import RESULTS_FILE, markdown_table, write_report
+from synthgrad.metrics import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+
+TRUNCATIONS = (2, 3, 4, 5)
+METHODS = ("bptt", "dni", "dni-aux")
+METHOD_NAMES = {"bptt": "BPTT", "dni": "DNI", "dni-aux": "DNI + Aux"}
+PAPER_LENGTHS = {
+    "copy": {"bptt": (7, 8, 10, 8), "dni": (16, 14, 18, 18)},
+    "repeat-copy": {"bptt": (7, 5, 19, 23), "dni": (39, 33, 39, 59)},
+}
+"""Table 1 of the paper: the longest length solved for T = 2, 3, 4, 5 (DNI+Aux is not quoted here)."""
+LM_RUNS = (("bptt", 8), ("dni", 8), ("dni-aux", 8), ("bptt", 16), ("bptt", 32))
+"""(method, T) of the language-model curves: the issue's comparison is DNI T=8 against BPTT T=8 and T=32."""
+
+
+@dataclass
+class RNNBenchConfig:
+    """The bench's cells and budgets. ``steps``: batches per Copy / Repeat Copy cell; ``lm_steps``:
+    windows of ``RNNConfig.window`` characters per language-model run; ``text``: ``None`` skips the LM."""
+
+    steps: int = 4000
+    lm_steps: int = 1200
+    text: Optional[str] = None
+    tasks: tuple[str, ...] = ("copy", "repeat-copy")
+    truncations: tuple[int, ...] = TRUNCATIONS
+    methods: tuple[str, ...] = METHODS
+    lm_runs: tuple[tuple[str, int], ...] = LM_RUNS
+    lm_hidden_dim: int = 128
+    lm_eval_every: int = 100
+    lm_window: int = 64
+    seed: int = 0
+    dry_run: bool = False
+    progress: bool = True
+
+
+def _cell(out_dir: Path, name: str, config: RNNConfig, **options: Any) -> dict[str, Any]:
+    """The summary of the cell's run: read back when a finished run of the same configuration is there,
+    else from running it (again: an interrupted or differently configured one starts over)."""
+    run_dir = out_dir / "cells" / name
+    if (run_dir / SUMMARY_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
+        if json.loads((run_dir / CONFIG_FILE).read_text()) == json.loads(json.dumps(asdict(config))):
+            return json.loads((run_dir / SUMMARY_FILE).read_text())
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    return run_rnn_experiment(config, run_dir, **options)
+
+
+def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad bench rnn") -> dict[str, Any]:
+    """Run every missing cell and write the results; returns ``{"sequence": [...], "charlm": [...],
+    "table": markdown, "files": [paths]}``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sequence_cells = [(task, method, truncation) for task in config.tasks for method in config.methods
+                      for truncation in config.truncations]
+    lm_cells = list(config.lm_runs) if config.text else []
+    corpus = load_text(Path(config.text)) if lm_cells else None
+    sequence, charlm = [], []
+    with tqdm(total=len(sequence_cells) + len(lm_cells), disable=not config.progress, desc="bench rnn",
+              unit="cell") as bar:
+        for task, method, truncation in sequence_cells:
+            run_config = RNNConfig(task=task, method=method, truncation=truncation, steps=config.steps,
+                                   seed=config.seed, dry_run=config.dry_run, progress=False)
+            summary = _cell(out_dir, f"{task}-{method}-T{truncation}", run_config)
+            paper = PAPER_LENGTHS[task].get(method)
+            sequence.append({**summary, "paper": paper[TRUNCATIONS.index(truncation)] if paper
+                             and truncation in TRUNCATIONS else None})
+            bar.set_postfix(cell=f"{task} {method} T={truncation}: {summary['max_length_solved']}")
+            bar.update()
+        for method, truncation in lm_cells:
+            run_config = RNNConfig(task="charlm", method=method, truncation=truncation, steps=config.lm_steps,
+                                   hidden_dim=config.lm_hidden_dim, eval_every=config.lm_eval_every,
+                                   window=config.lm_window,
+                                   text=config.text, seed=config.seed,
+                                   dry_run=config.dry_run, progress=False)
+            summary = _cell(out_dir, f"charlm-{method}-T{truncation}", run_config, corpus=corpus)
+            charlm.append(summary)
+            bar.set_postfix(cell=f"charlm {method} T={truncation}: {summary['val_bpc']:.3f}")
+            bar.update()
+    markdown = write_report(out_dir, "rnn", command, {"config": asdict(config), "sequence": sequence,
+                                                      "charlm": charlm}, _sections(config, sequence, charlm))
+    files = [out_dir / RESULTS_FILE, markdown]
+    if charlm:
+        from synthgrad.recurrent_plots import plot_bpc_curves  # matplotlib only when drawing
+
+        curves = {f"{METHOD_NAMES[method]} T={truncation}": out_dir / "cells" / f"charlm-{method}-T{truncation}"
+                  for method, truncation in lm_cells}
+        files.append(plot_bpc_curves(curves, out_dir / "bpc_vs_chars.png"))
+    return {"sequence": sequence, "charlm": charlm, "table": markdown.read_text(),
+            "files": [str(path) for path in files]}
+
+
+def _sections(config: RNNBenchConfig, sequence: list[dict], charlm: list[dict]) -> list[str]:
+    budgets = ([f"{config.steps} batches per Copy / Repeat Copy cell"] if sequence else []) + (
+        [f"{config.lm_steps} windows of {config.lm_window} characters on 32 streams per language model"] if charlm else [])
+    budget = "a dry run" if config.dry_run else ", ".join(budgets + [f"seed {config.seed}"])
+    sections = [f"Budget: {budget}; 2-core CPU, one thread per run."]
+    header = ["method", *(f"T={truncation}" for truncation in config.truncations), "seconds per cell"]
+    for task in config.tasks:
+        rows = []
+        for method in config.methods:
+            cells = [row for row in sequence if row["task"] == task and row["method"] == method]
+            seconds = sum(row["train_seconds"] for row in cells) / max(len(cells), 1)
+            rows.append([METHOD_NAMES[method], *(f"{row['max_length_solved']}" + (f" ({row['paper']})" if row["paper"]
+                                                 else "") for row in cells), f"{seconds:.0f}"])
+        sections.append(f"**{task}**: longest length solved, ours (paper)\n\n" + markdown_table(header, rows))
+    if charlm:
+        rows = [[METHOD_NAMES[row["method"]], str(row["truncation"]), str(row["chars_seen"]), f"{row['val_bpc']:.3f}",
+                 f"{row['best_val_bpc']:.3f}", f"{row['train_seconds']:.0f}"] for row in charlm]
+        sections.append("**charlm**: validation bits per character\n\n" + markdown_table(
+            ["method", "T", "characters seen", "final val BPC", "best val BPC", "seconds"], rows))
+    return sections

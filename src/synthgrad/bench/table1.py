@@ -1,0 +1,163 @@
+"""``synthgrad bench table1``: the DNI paper's Table 1 (feed-forward nets with every layer decoupled).
+
+Jaderberg et al. 2017, section 3.1: fully connected nets of 3 to 6 layers and CNNs of 3 and 4 layers on
+MNIST and CIFAR-10, each trained with backprop, without backprop below the output layer, with DNI and with
+cDNI; the table reports test error %. Each cell is one ``run_experiment`` per seed in its own run
+directory, so an interrupted grid resumes: finished cells are read back, a cell cut short continues from
+its newest checkpoint.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from tqdm.auto import tqdm
+
+from synthgrad.bench.report import markdown_table, write_report
+from synthgrad.checkpoints import load_latest_checkpoint
+from synthgrad.errors import SynthgradError
+from synthgrad.experiments.mnist import (
+    CNN_PRESETS,
+    DRY_RUN_STEPS,
+    FCN_PRESETS,
+    ClassifierConfig,
+    default_decoupled_lr,
+    run_experiment,
+)
+from synthgrad.metrics import SUMMARY_FILE, clear_run_files, read_json
+from synthgrad.plots import plot_test_error_curves
+from synthgrad.trainer import TrainConfig
+
+TABLE1_MODELS = (*FCN_PRESETS, *CNN_PRESETS)
+TABLE1_METHODS = ("backprop", "no-backprop", "dni", "cdni")
+TABLE1_DATASETS = ("mnist", "cifar-10")
+FCN_EPOCHS = 10
+CNN_EPOCHS = 1
+"""Default epochs per cell: the fully connected nets converge in 10 epochs here; the paper's CNNs (128
+filters of 5x5 at full resolution, and synthesizers of the same size) cost far more per epoch on a CPU."""
+METHOD_LABELS = {"backprop": "Bprop", "no-backprop": "No Bprop", "dni": "DNI", "cdni": "cDNI"}
+DATASET_LABELS = {"mnist": "MNIST", "cifar-10": "CIFAR-10", "fashion-mnist": "Fashion-MNIST"}
+
+
+def model_label(model: str) -> str:
+    """The paper's row name, e.g. ``FCN 4 layers`` for ``fcn4``."""
+    return f"{model[:3].upper()} {model[3:]} layers"
+
+
+@dataclass
+class Table1Config:
+    """The grid (datasets x models x methods x seeds) and how to train each cell.
+
+    ``data_dirs`` maps each dataset to its directory; ``epochs`` (``None``: ``FCN_EPOCHS`` for the fully
+    connected nets, ``CNN_EPOCHS`` for the CNNs) applies to every cell.
+    """
+
+    data_dirs: dict[str, str]
+    datasets: tuple[str, ...] = ("mnist",)
+    models: tuple[str, ...] = TABLE1_MODELS
+    methods: tuple[str, ...] = TABLE1_METHODS
+    seeds: tuple[int, ...] = (0,)
+    epochs: Optional[int] = None
+    download: bool = True
+    device: str = "cpu"
+    dry_run: bool = False
+    progress: bool = True
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra ``TrainConfig`` fields for every cell (e.g. ``batch_size``)."""
+
+    def __post_init__(self) -> None:
+        for name, chosen, allowed in (("datasets", self.datasets, TABLE1_DATASETS + ("fashion-mnist",)),
+                                      ("models", self.models, TABLE1_MODELS),
+                                      ("methods", self.methods, TABLE1_METHODS)):
+            unknown = [value for value in chosen if value not in allowed]
+            if unknown or not chosen:
+                raise SynthgradError(f"--{name} {' '.join(chosen) or '(none)'}: choose from {', '.join(allowed)}")
+        missing = [dataset for dataset in self.datasets if dataset not in self.data_dirs]
+        if missing:
+            raise SynthgradError(f"no data directory given for {', '.join(missing)}")
+
+    def epochs_for(self, model: str) -> int:
+        return self.epochs or (FCN_EPOCHS if model in FCN_PRESETS else CNN_EPOCHS)
+
+    def cell_config(self, dataset: str, model: str, method: str, seed: int) -> ClassifierConfig:
+        train = TrainConfig(epochs=self.epochs_for(model), steps=DRY_RUN_STEPS if self.dry_run else None,
+                            decoupled_lr=default_decoupled_lr(method), use_context=method == "cdni", seed=seed,
+                            device=self.device, progress=False)
+        for key, value in self.train_overrides.items():
+            setattr(train, key, value)
+        return ClassifierConfig(dataset=dataset, data_dir=self.data_dirs[dataset],
+                                download=self.download and not self.dry_run, model=model, method=method,
+                                dry_run=self.dry_run, train=train)
+
+
+def run_table1(config: Table1Config, out_dir: Path, *, command: str,
+               on_note: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every cell not finished yet under ``out_dir/<dataset>/<model>-<method>-seed<S>/``, then write
+    ``results.json``, ``table1.md`` (headed by ``command``) and ``table1-<dataset>.png`` into ``out_dir``.
+    Returns the results: per ``<dataset>/<model>/<method>`` the test error % of each seed, their median
+    and the median minutes of training."""
+    cells = [(dataset, model, method, seed) for dataset in config.datasets for model in config.models
+             for method in config.methods for seed in config.seeds]
+    summaries: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    progress = tqdm(cells, unit="cell", disable=not config.progress, dynamic_ncols=True)
+    for cell in progress:
+        dataset, model, method, seed = cell
+        progress.set_description(f"{dataset} {model} {method} seed {seed}")
+        summaries[cell] = _run_cell(config.cell_config(*cell), _cell_dir(out_dir, *cell), on_note)
+    progress.close()
+
+    results: dict[str, Any] = {"cells": {}}
+    for dataset in config.datasets:
+        for model in config.models:
+            for method in config.methods:
+                runs = [summaries[(dataset, model, method, seed)] for seed in config.seeds]
+                errors = [100.0 * (1.0 - run["test_acc"]) for run in runs]
+                results["cells"][f"{dataset}/{model}/{method}"] = {
+                    "test_errors": errors, "test_error": statistics.median(errors),
+                    "train_minutes": statistics.median(run["train_seconds"] / 60 for run in runs),
+                    "epochs": runs[0]["epochs"],
+                }
+    sections = [_tables(config, results["cells"], dataset) for dataset in config.datasets]
+    for dataset in config.datasets:
+        plot_test_error_curves(
+            {model_label(model): {METHOD_LABELS[method]: [_cell_dir(out_dir, dataset, model, method, seed)
+                                                          for seed in config.seeds]
+                                  for method in config.methods}
+             for model in config.models},
+            title=f"{DATASET_LABELS[dataset]}: test error against steps", path=out_dir / f"table1-{dataset}.png")
+    write_report(out_dir, "table1", command, results, sections)
+    return results
+
+
+def _cell_dir(out_dir: Path, dataset: str, model: str, method: str, seed: int) -> Path:
+    return out_dir / dataset / f"{model}-{method}-seed{seed}"
+
+
+def _run_cell(config: ClassifierConfig, run_dir: Path, on_note: Callable[[str], None]) -> dict[str, Any]:
+    """A finished cell's summary, or the cell trained now (continued from its newest checkpoint, if any)."""
+    if (run_dir / SUMMARY_FILE).is_file():
+        return read_json(run_dir / SUMMARY_FILE)
+    resume = load_latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if resume is None and run_dir.is_dir():
+        clear_run_files(run_dir)  # cut short before its first checkpoint: start it again
+    return run_experiment(config, run_dir, on_note=on_note, resume=resume)
+
+
+def _tables(config: Table1Config, cells: dict[str, Any], dataset: str) -> str:
+    """The paper's layout for one dataset: test error % per model and method, then training minutes."""
+    header = ["", *(METHOD_LABELS[method] for method in config.methods)]
+    seeds = len(config.seeds)
+    errors, minutes = [], []
+    for model in config.models:
+        row = [cells[f"{dataset}/{model}/{method}"] for method in config.methods]
+        epochs = row[0]["epochs"]
+        label = f"{model_label(model)} ({epochs:g} epoch{'' if epochs == 1 else 's'})"
+        errors.append([label, *(f"{cell['test_error']:.2f}" for cell in row)])
+        minutes.append([label, *(f"{cell['train_minutes']:.1f}" for cell in row)])
+    return "\n".join([
+        f"**{DATASET_LABELS[dataset]}**, test error % ({'median of ' + str(seeds) + ' seeds' if seeds > 1 else 'seed ' + str(config.seeds[0])}):",
+        "", markdown_table(header, errors),
+        "Minutes of training per run (optimisation only):", "", markdown_table(header, minutes),
+    ])

@@ -1,0 +1,69 @@
+"""Figures of recurrent runs (``synthgrad rnn``, ``synthgrad bench rnn``); like ``synthgrad.plots``, the
+only other module that imports matplotlib.
+
+``curriculum.png``: the curriculum's length and the training error (bits per character) per step of a
+Copy / Repeat Copy run. ``bpc.png``: training and validation bits per character against characters
+seen for a language-model run. ``plot_bpc_curves`` draws several language-model runs on one figure.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from synthgrad.errors import SynthgradError  # noqa: E402
+from synthgrad.metrics import METRICS_FILE, read_metrics  # noqa: E402
+
+
+def _records(run_dir: Path) -> list[dict]:
+    if not (Path(run_dir) / METRICS_FILE).is_file():
+        raise SynthgradError(f"{run_dir} has no {METRICS_FILE}: pass the directory of a synthgrad rnn run")
+    return read_metrics(run_dir)
+
+
+def _column(records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
+    points = [(record[x], record[y]) for record in records if y in record]
+    return [point[0] for point in points], [point[1] for point in points]
+
+
+def plot_rnn_run(run_dir: Path) -> list[Path]:
+    """Draw the run's figure (``curriculum.png`` or ``bpc.png``); returns the paths written."""
+    run_dir = Path(run_dir)
+    records = _records(run_dir)
+    if not records:
+        return []
+    if "val/bpc" in records[0]:
+        return [plot_bpc_curves({"": run_dir}, run_dir / "bpc.png", show_train=True)]
+    figure, length_axes = plt.subplots(figsize=(6, 4))
+    length_axes.plot(*_column(records, "step", "length"), color="C0")
+    length_axes.set(title="Curriculum", xlabel="training step", ylabel="sequence length", )
+    error_axes = length_axes.twinx()
+    error_axes.plot(*_column(records, "step", "train/bpc"), color="C1", alpha=0.6)
+    error_axes.set(ylabel="error (bits per character)", yscale="log")
+    return [_save(figure, run_dir / "curriculum.png")]
+
+
+def plot_bpc_curves(runs: Mapping[str, Path], path: Path, *, show_train: bool = False) -> Path:
+    """Validation bits per character against characters seen, one line per ``label: run_dir``."""
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for index, (label, run_dir) in enumerate(runs.items()):
+        records = _records(run_dir)
+        axes.plot(*_column(records, "chars_seen", "val/bpc"), "o-", markersize=3, color=f"C{index}",
+                  label=f"{label} validation".strip())
+        if show_train:
+            axes.plot(*_column(records, "chars_seen", "train/bpc"), color=f"C{index}", alpha=0.4,
+                      label=f"{label} train".strip())
+    axes.set(title="Character-level language model", xlabel="characters seen", ylabel="bits per character")
+    axes.legend()
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

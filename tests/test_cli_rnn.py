@@ -1,0 +1,104 @@
+"""``synthgrad rnn`` and ``synthgrad bench rnn`` end to end (dry runs), and their messages on bad input."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthgrad.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_in_tmp(tmp_path, monkeypatch):
+    """One intra-op thread (the commands set it too; the bench's text loading runs before) and tmp_path as
+    the working directory, so a forgotten --out cannot litter the repository."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def text(tmp_path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text("To be, or not to be, that is the question. " * 400)
+    return path
+
+
+@pytest.mark.parametrize("task, method, figure", [("copy", "bptt", "curriculum.png"),
+                                                  ("repeat-copy", "dni-aux", "curriculum.png"),
+                                                  ("charlm", "dni", "bpc.png")])
+def test_rnn_dry_runs_write_a_run_directory(task, method, figure, tmp_path, text, capsys):
+    out = tmp_path / "run"
+    argv = ["rnn", task, "--method", method, "-T", "4", "--dry-run", "--no-progress", "--out", str(out)]
+    assert main(argv + (["--text", str(text)] if task == "charlm" else []), environ={}) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert ("val_bpc" in summary and "chars_seen" in summary) if task == "charlm" else "max_length_solved" in summary
+    assert (out / figure).read_bytes().startswith(PNG_SIGNATURE)
+    assert json.loads((out / "config.json").read_text())["truncation"] == 4
+    assert "run directory" in capsys.readouterr().out
+    (out / figure).unlink()
+    assert main(["plot", str(out)], environ={}) == 0  # synthgrad plot redraws a recurrent run's figure
+    assert (out / figure).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_charlm_on_a_bad_text_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"na\xefve caf\xe9 " * 10)
+    assert main(["rnn", "charlm", "--text", str(bad), "--dry-run", "--out", str(tmp_path / "r")], environ={}) == 2
+    error = capsys.readouterr().err.strip()
+    assert "is not UTF-8 text" in error and "\n" not in error
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["rnn", "charlm", "--text", str(empty), "--dry-run", "--out", str(tmp_path / "e")], environ={}) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_charlm_window_must_be_a_multiple_of_the_truncation(tmp_path, text, capsys):
+    assert main(["rnn", "charlm", "--text", str(text), "-T", "3", "--dry-run"], environ={}) == 2
+    assert "multiple of --truncation" in capsys.readouterr().err
+
+
+def test_charlm_without_text_names_the_fix(capsys):
+    assert main(["rnn", "charlm", "--dry-run"], environ={}) == 2
+    assert "--text FILE" in capsys.readouterr().err
+
+
+def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "rnn", "--dry-run", "--no-progress", "--out", str(out), "--text", str(text)]
+    assert main(argv, environ={}) == 0
+    table = (out / "rnn.md").read_text()
+    assert table.startswith("Made by `synthgrad bench rnn --tasks copy repeat-copy --truncations 2 3 4 5 --methods "
+                            "bptt dni dni-aux --steps 4000 --lm-runs bptt:8 dni:8 dni-aux:8 bptt:16 bptt:32 "
+                            f"--lm-steps 1200 --text {text} --seed 0 --out {out} --dry-run`")
+    assert "| DNI | 0 (16) | 0 (14) | 0 (18) | 0 (18) |" in table  # ours beside the paper's Copy numbers
+    assert "| BPTT | 0 (7) | 0 (5) | 0 (19) | 0 (23) |" in table  # Repeat Copy
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["sequence"]) == 24 and len(results["charlm"]) == 5
+    assert (out / "bpc_vs_chars.png").read_bytes().startswith(PNG_SIGNATURE)
+    finished = {path: path.stat().st_mtime_ns for path in out.glob("cells/*/summary.json")}
+    assert main(argv, environ={}) == 0  # every cell is found finished and skipped
+    assert {path: path.stat().st_mtime_ns for path in out.glob("cells/*/summary.json")} == finished
+
+
+def test_bench_rnn_subset_keeps_the_paper_numbers_of_its_columns(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "rnn", "--dry-run", "--no-progress", "--out", str(out), "--tasks", "copy",
+                 "--truncations", "4", "--methods", "dni", "--skip-lm"], environ={}) == 0
+    table = (out / "rnn.md").read_text()
+    assert "| DNI | 0 (18) |" in table and "BPTT" not in table and "charlm" not in table
+
+
+def test_bench_rnn_language_model_runs_are_chosen_as_method_and_truncation(tmp_path, text, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "rnn", "--dry-run", "--no-progress", "--out", str(out), "--tasks", "--text", str(text),
+                 "--lm-runs", "dni:4", "bptt:16"], environ={}) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(row["method"], row["truncation"]) for row in results["charlm"]] == [("dni", 4), ("bptt", 16)]
+    with pytest.raises(SystemExit):
+        main(["bench", "rnn", "--lm-runs", "dni-8"], environ={})
+    assert "expected METHOD:T" in capsys.readouterr().err

@@ -1,0 +1,162 @@
+"""Oracle tests of truncated BPTT with synthetic gradients (``synthgrad.recurrent``) against autograd."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from synthgrad.recurrent import LSTMCore, backward_through_chunks
+from synthgrad.synthesizers import LinearSynthesizer
+
+BATCH, LENGTH, INPUT, HIDDEN, OUTPUT = 3, 11, 4, 5, 2
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the LSTMs here are tiny, and under CPU contention a second OpenMP thread
+    made them several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _problem(num_layers: int = 2):
+    torch.manual_seed(0)
+    core = LSTMCore(INPUT, HIDDEN, OUTPUT, num_layers=num_layers).double()
+    inputs = torch.randn(BATCH, LENGTH, INPUT, dtype=torch.float64)
+    targets = torch.randn(BATCH, LENGTH, OUTPUT, dtype=torch.float64)
+
+    def chunk_loss(outputs, start, stop):  # summed over steps, mean over the batch
+        return (outputs - targets[:, start:stop]).pow(2).sum() / BATCH
+
+    return core, inputs, chunk_loss
+
+
+def _grads(module: nn.Module) -> list[torch.Tensor]:
+    return [parameter.grad.clone() for parameter in module.parameters()]
+
+
+def test_without_synthesizer_gradients_equal_pytorch_truncated_bptt():
+    core, inputs, chunk_loss = _problem()
+    for truncation in (1, 3, 4, LENGTH):
+        core.zero_grad()
+        result = backward_through_chunks(core, inputs, chunk_loss, truncation)
+        ours = _grads(core)
+
+        core.zero_grad()  # the textbook recipe: detach the state every T steps, one backward
+        state, total = core.initial_state(BATCH, dtype=torch.float64), 0.0
+        for start in range(0, LENGTH, truncation):
+            outputs, state = core(inputs[:, start:start + truncation], state.detach())
+            total = total + chunk_loss(outputs, start, start + outputs.shape[1])
+        total.backward()
+        for mine, reference in zip(ours, _grads(core)):
+            assert_close(mine, reference, rtol=1e-12, atol=1e-14)
+        assert abs(result.loss - total.item()) < 1e-9
+        assert_close(result.state, state.detach())
+
+
+class _ExactFutureGradient(nn.Module):
+    """A 'synthesizer' that returns, boundary after boundary, the true per-example gradient B * dL/ds."""
+
+    def __init__(self, true_grads: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.true_grads = list(true_grads)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.true_grads.pop(0) * state.shape[0]
+
+
+def _full_bptt(core, inputs, chunk_loss, truncation):
+    """Gradients of full BPTT, and the true gradient w.r.t. the state at every chunk boundary."""
+    core.zero_grad()
+    state, total, boundaries = core.initial_state(BATCH, dtype=torch.float64), 0.0, []
+    for start in range(0, LENGTH, truncation):
+        outputs, state = core(inputs[:, start:start + truncation], state)
+        total = total + chunk_loss(outputs, start, start + outputs.shape[1])
+        state.retain_grad()
+        boundaries.append(state)
+    total.backward()
+    return _grads(core), [boundary.grad.clone() for boundary in boundaries[:-1]]
+
+
+def test_exact_future_gradient_makes_chunked_training_equal_full_bptt():
+    core, inputs, chunk_loss = _problem()
+    for truncation in (2, 3, 5):
+        full_grads, true_state_grads = _full_bptt(core, inputs, chunk_loss, truncation)
+        core.zero_grad()
+        result = backward_through_chunks(core, inputs, chunk_loss, truncation,
+                                         synthesizer=_ExactFutureGradient(true_state_grads))
+        for mine, reference in zip(_grads(core), full_grads):
+            assert_close(mine, reference)
+        # every bootstrapped target equals the exact gradient the synthesizer returned: zero loss
+        assert len(result.synthesizer_losses) == len(true_state_grads)
+        assert max(result.synthesizer_losses) < 1e-20
+        assert min(result.cosines) > 1 - 1e-9
+
+
+def test_exact_future_gradient_across_windows_of_a_stream():
+    """A stream cut into two windows (state carried, the first not ending the sequence) still equals
+    full BPTT when the synthesizer is exact, and the boundary between windows is trained too."""
+    core, inputs, chunk_loss = _problem(num_layers=1)
+    truncation, split = 2, 6
+    full_grads, true_state_grads = _full_bptt(core, inputs, chunk_loss, truncation)
+    core.zero_grad()
+    oracle = _ExactFutureGradient(true_state_grads)
+    first = backward_through_chunks(core, inputs[:, :split], chunk_loss, truncation, synthesizer=oracle,
+                                    sequence_ends=False)
+    oracle.true_grads.insert(0, true_state_grads[split // truncation - 1])  # asked again for the entering state
+
+    def shifted_loss(outputs, start, stop):
+        return chunk_loss(outputs, start + split, stop + split)
+
+    second = backward_through_chunks(core, inputs[:, split:], shifted_loss, truncation, state=first.state,
+                                     synthesizer=oracle, train_entering_state=True)
+    for mine, reference in zip(_grads(core), full_grads):
+        assert_close(mine, reference)
+    assert len(first.synthesizer_losses) + len(second.synthesizer_losses) == len(true_state_grads)
+    assert max(second.synthesizer_losses) < 1e-20
+
+
+def test_zero_initialised_synthesizer_leaves_truncated_bptt_unchanged_and_learns():
+    core, inputs, chunk_loss = _problem()
+    backward_through_chunks(core, inputs, chunk_loss, 3)
+    plain = _grads(core)
+    core.zero_grad()
+    synthesizer = LinearSynthesizer(core.state_dim).double()
+    result = backward_through_chunks(core, inputs, chunk_loss, 3, synthesizer=synthesizer)
+    for mine, reference in zip(_grads(core), plain):
+        assert_close(mine, reference)
+    assert synthesizer.net[0].weight.grad.abs().sum() > 0  # regression onto the bootstrapped target
+    assert len(result.synthesizer_losses) == 3  # boundaries after steps 3, 6, 9 (none at the end)
+
+
+def test_aux_head_trains_the_core_and_weight_zero_is_plain_dni():
+    core, inputs, chunk_loss = _problem()
+    torch.manual_seed(1)
+    synthesizer = LinearSynthesizer(core.state_dim).double()
+    nn.init.normal_(synthesizer.net[0].weight, std=0.1)  # a non-zero synthetic gradient to predict
+    aux_head = nn.Linear(core.state_dim, core.state_dim).double()
+    backward_through_chunks(core, inputs, chunk_loss, 2, synthesizer=synthesizer)
+    dni = _grads(core)
+    for weight, expect_equal in ((0.0, True), (1.0, False)):
+        core.zero_grad()
+        aux_head.zero_grad()
+        result = backward_through_chunks(core, inputs, chunk_loss, 2, synthesizer=synthesizer,
+                                         aux_head=aux_head, aux_weight=weight)
+        same = all(torch.allclose(mine, reference) for mine, reference in zip(_grads(core), dni))
+        assert same == expect_equal
+        assert len(result.aux_losses) == 4  # boundaries 1..4 predict boundaries 2..5
+        assert aux_head.weight.grad is not None
+
+
+def test_lstm_core_state_layout_matches_nn_lstm():
+    core, inputs, _ = _problem()
+    state = torch.randn(BATCH, core.state_dim, dtype=torch.float64)
+    outputs, new_state = core(inputs, state)
+    h0, c0 = state.view(BATCH, 2, 2, HIDDEN).unbind(1)
+    top, (h, c) = core.lstm(inputs, (h0.transpose(0, 1).contiguous(), c0.transpose(0, 1).contiguous()))
+    assert_close(outputs, core.readout(top))
+    assert_close(new_state[:, :2 * HIDDEN], h.transpose(0, 1).reshape(BATCH, -1))
+    assert_close(new_state[:, 2 * HIDDEN:], c.transpose(0, 1).reshape(BATCH, -1))

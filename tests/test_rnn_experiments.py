@@ -1,0 +1,51 @@
+"""The recurrent runners (``synthgrad.experiments.rnn``) write their run directories; the curriculum moves."""
+import json
+
+import pytest
+import torch
+
+from synthgrad.data.text import split_text
+from synthgrad.experiments.rnn import RNNConfig, check_config, run_charlm, run_sequence_task
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 200
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the LSTMs here are tiny, and under CPU contention a second OpenMP thread
+    made them several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_copy_run_follows_the_curriculum_and_writes_its_directory(tmp_path):
+    # a threshold every batch meets: the length grows every `curriculum_window` batches
+    config = RNNConfig(task="copy", method="dni", truncation=3, hidden_dim=16, batch_size=4, steps=20,
+                       threshold=100.0, curriculum_window=2, progress=False, log_every=10)
+    summary = run_sequence_task(config, tmp_path)
+    assert summary["max_length_solved"] == 10 and summary["final_length"] == 11 and summary["steps"] == 20
+    assert {path.name for path in tmp_path.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json", "final.pt"}
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [record["length"] for record in records] == [5, 10]  # the length of each record's last batch
+    assert {"step", "length", "train/bpc", "max_length_solved", "sg/loss/state", "sg/cos/state"} <= set(records[0])
+    assert json.loads((tmp_path / "config.json").read_text())["method"] == "dni"
+
+
+def test_charlm_run_reports_validation_bpc_and_characters_seen(tmp_path):
+    config = RNNConfig(task="charlm", method="dni-aux", truncation=4, hidden_dim=32, batch_size=4, window=16,
+                       steps=6, eval_every=3, progress=False)
+    summary = run_charlm(config, tmp_path, corpus=split_text(TEXT))
+    assert summary["chars_seen"] == 6 * 4 * 16
+    assert 0 < summary["val_bpc"] < 6 and summary["best_val_bpc"] <= summary["val_bpc"]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [record["chars_seen"] for record in records] == [192, 384]
+    assert "aux/loss" in records[-1] and "sg/cos/state" in records[-1]
+
+
+def test_impossible_configurations_are_refused():
+    with pytest.raises(ValueError, match="method"):
+        check_config(RNNConfig(method="rtrl"))
+    with pytest.raises(ValueError, match="multiple of the truncation"):
+        check_config(RNNConfig(task="charlm", truncation=3, window=128))
