@@ -43,6 +43,18 @@ from synthgrad.experiments.mnist import (
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
 from synthgrad.experiments.validation import validate_classifier_config
 from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, clear_run_files, smooth
+from synthgrad.pipeline.comm import PipelineFailure
+from synthgrad.pipeline.config import (
+    SCHEDULES,
+    PipelineConfig,
+    PipelineRun,
+    Rendezvous,
+    check_pipeline_run,
+    is_pipeline_config,
+    pipeline_run_from_dict,
+)
+from synthgrad.pipeline.launch import FAILED_STATUS, launch_local
+from synthgrad.pipeline.runtime import run_rank
 from synthgrad.plots import plot_run
 from synthgrad.recurrent_plots import plot_rnn_run
 from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig, TrainingInterrupted
@@ -115,6 +127,27 @@ def _add_survival_arguments(parser: argparse.ArgumentParser, defaults: TrainConf
                         f"(default {defaults.on_divergence})")
 
 
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    pipeline = parser.add_argument_group("pipeline (one process per stage on torch.distributed)")
+    defaults = PipelineConfig()
+    pipeline.add_argument("--stages", type=_positive(int), help="split the model into this many stages, one process "
+                          "each (started here, or by torchrun when it launched this command)")
+    pipeline.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
+                          help="unlocked (dni/cdni), lockstep (exact pipelined backprop), gpipe or 1f1b "
+                          "(torch.distributed.pipelining); auto picks by --method")
+    pipeline.add_argument("--max-staleness", type=_non_negative_int, default=defaults.max_staleness,
+                          help="unlocked: block updates between a synthesizer's prediction and its training "
+                          f"on the target (default {defaults.max_staleness})")
+    pipeline.add_argument("--micro-batches", type=_positive(int), default=defaults.micro_batches,
+                          help="lockstep/gpipe/1f1b: micro-batches per mini-batch")
+    pipeline.add_argument("--timeout", type=_positive(float), default=defaults.timeout_s,
+                          help="seconds a rank waits for a message before it declares the sender dead or hung "
+                          f"and stops (default {defaults.timeout_s:g})")
+    pipeline.add_argument("--threads", type=_positive(int), default=defaults.threads,
+                          help="torch threads per stage process (default 1)")
+    pipeline.add_argument("--port", type=_positive(int), help="rendezvous port on 127.0.0.1 (default: a free one)")
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line, like every other mistake (argparse's own print
     the whole usage first, which for ``train`` buries the message under fifteen lines)."""
@@ -176,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the paper's optimisation: " + ", ".join(f"{key} {value}" for key, value
                                                                    in PAPER_TRAINING.items())
                        + " (options you give explicitly still win)")
+    _add_pipeline_arguments(train)
     _add_common_arguments(train)
     _add_survival_arguments(train, train_defaults)
 
@@ -223,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_rnn_parser(commands)
     _add_bench_rnn_parser(benchmarks)
+    _add_bench_pipeline_parser(benchmarks)
     return parser
 
 
@@ -280,6 +315,30 @@ def _method_and_truncation(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected METHOD:T with METHOD one of {', '.join(RNN_METHODS)} and T a "
                                          f"positive int, e.g. dni:8; got {text!r}")
     return method, int(truncation)
+
+
+def _add_bench_pipeline_parser(bench_commands: Any) -> None:
+    from synthgrad.bench.pipeline import PipelineBenchConfig
+
+    defaults = PipelineBenchConfig()
+    bench = bench_commands.add_parser("pipeline", help="update-unlocked cDNI on K processes vs backprop, GPipe and "
+                                      "1F1B: throughput, accuracy at equal time, time to 97%%")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench-pipeline"),
+                       help="results directory; finished runs in it are kept (default runs/bench-pipeline)")
+    bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
+    bench.add_argument("--epochs", type=_positive(int), default=defaults.epochs)
+    bench.add_argument("--layers", type=_positive(int), default=defaults.layers)
+    bench.add_argument("--width", type=_positive(int), default=defaults.width)
+    bench.add_argument("--batch-size", type=_positive(int), default=defaults.batch_size)
+    bench.add_argument("--stages", type=_positive(int), default=defaults.num_stages)
+    bench.add_argument("--micro-batches", type=_positive(int), default=defaults.micro_batches)
+    bench.add_argument("--max-staleness", type=_non_negative_int, default=defaults.max_staleness)
+    bench.add_argument("--seed", type=int, default=defaults.seed)
+    bench.add_argument("--repeats", type=_positive(int), default=defaults.repeats,
+                       help="run every schedule this many times, round-robin, and count the fastest run of each "
+                       "(on a shared machine the others measure the other jobs too)")
+    bench.add_argument("--dry-run", action="store_true", help="a few steps each on stand-in data")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_bench_rnn_parser(bench_commands: Any) -> None:
@@ -362,6 +421,9 @@ def _paper_training(args: argparse.Namespace) -> dict[str, Any]:
 
 def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if args.resume:
+        pipeline = _pipeline_run_in(args.out) if args.out is not None else None
+        if pipeline is not None:
+            return _resume_pipeline(args.out, pipeline, not args.no_progress, environ)
         return _resume_flag(args)
     options = {**vars(args), **_paper_training(args)}
     config = ClassifierConfig(
@@ -380,7 +442,65 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
         ),
     )
     validate_classifier_config(config, build_model, explicit=_explicit_options(args))
+    if args.stages:
+        run = PipelineRun(config, PipelineConfig(
+            num_stages=args.stages, schedule=args.schedule, max_staleness=args.max_staleness,
+            micro_batches=args.micro_batches, timeout_s=args.timeout, threads=args.threads))
+        _train_pipeline(run, args.out, f"train-{args.model}-{args.method}-stages{args.stages}", args.force, environ,
+                        port=args.port)
+        return
     _run(config, prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force))
+
+
+def _torchrun_rendezvous(environ: dict[str, str]) -> Optional[Rendezvous]:
+    """This process's place in a job started by torchrun (its standard environment variables), or ``None``."""
+    if "RANK" not in environ or "WORLD_SIZE" not in environ:
+        return None
+    return Rendezvous(addr=environ.get("MASTER_ADDR", ""), port=int(environ.get("MASTER_PORT", "0")),
+                      rank=int(environ["RANK"]), world_size=int(environ["WORLD_SIZE"]),
+                      local_rank=int(environ.get("LOCAL_RANK", "0")), use_env=True)
+
+
+def _train_pipeline(run: PipelineRun, out: Optional[Path], default_name: str, force: bool, environ: dict[str, str], *,
+                    port: Optional[int] = None, resume: bool = False) -> None:
+    """Train ``run`` as a pipeline: every rank in this process under torchrun, else K local processes."""
+    check_pipeline_run(run)  # a bad option stops here, before a directory or a process is made
+    rendezvous = _torchrun_rendezvous(environ)
+    if rendezvous is None:
+        run_dir = out if resume else prepare_run_dir(out, default_name, force)
+        summary = launch_local(run, run_dir, port=port, resume=resume, on_record=_print_epoch)
+        _report(summary, run_dir, plot_run(run_dir))
+        return
+    if out is None:
+        raise SynthgradError("under torchrun pass --out: every rank must write into the same run directory")
+    run_dir = out if resume or rendezvous.rank != 0 else prepare_run_dir(out, default_name, force)
+    run.classifier.train.progress = run.classifier.train.progress and rendezvous.rank == 0
+    summary = run_rank(run, rendezvous, run_dir, resume=resume, on_record=_print_epoch)
+    if summary is not None:
+        _report(summary, run_dir, plot_run(run_dir))
+
+
+def _pipeline_run_in(run_dir: Path) -> Optional[PipelineRun]:
+    """The configuration of the pipeline run in ``run_dir``, or ``None`` if it holds another kind of run."""
+    try:
+        data = json.loads((run_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not is_pipeline_config(data):
+        return None
+    try:
+        return pipeline_run_from_dict(data)
+    except (ValueError, TypeError, KeyError) as error:
+        raise SynthgradError(f"{run_dir / CONFIG_FILE} is not a synthgrad pipeline configuration ({error}); "
+                             "start the run again with --force") from None
+
+
+def _resume_pipeline(run_dir: Path, run: PipelineRun, progress: bool, environ: dict[str, str]) -> None:
+    if (run_dir / SUMMARY_FILE).exists():
+        raise SynthgradError(f"{run_dir} holds a finished run; there is nothing to resume")
+    run.classifier.train.progress = progress
+    print(f"resuming {run_dir}: a pipeline of {run.pipeline.num_stages} stages", file=sys.stderr)
+    _train_pipeline(run, run_dir, "", False, environ, resume=True)
 
 
 def _explicit_options(args: argparse.Namespace) -> set[str]:
@@ -439,6 +559,9 @@ def _print_epoch(record: dict[str, Any]) -> None:
 
 
 def command_resume(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    pipeline = _pipeline_run_in(args.run_dir)
+    if pipeline is not None:
+        return _resume_pipeline(args.run_dir, pipeline, not args.no_progress, environ)
     _resume(args.run_dir, progress=not args.no_progress, on_divergence=args.on_divergence)
 
 
@@ -637,7 +760,22 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     print(f"written: {', '.join(results['files'])}")
 
 
-BENCHMARKS = {"table1": _bench_table1, "rnn": _bench_rnn}
+def _bench_pipeline(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    from synthgrad.bench.pipeline import TABLE_FILE, PipelineBenchConfig, run_pipeline
+
+    if args.stages < 2:
+        raise SynthgradError(f"--stages {args.stages}: the benchmark compares pipelines of at least 2 stages")
+    config = PipelineBenchConfig(
+        data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)), layers=args.layers, width=args.width,
+        epochs=args.epochs, batch_size=args.batch_size, num_stages=args.stages, micro_batches=args.micro_batches,
+        max_staleness=args.max_staleness, seed=args.seed, repeats=args.repeats, dry_run=args.dry_run)
+    command = ("synthgrad bench pipeline " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["bench", "pipeline"]
+               else "synthgrad bench pipeline")
+    run_pipeline(config, args.out, command=command.strip(), progress=not args.no_progress)
+    print((args.out / TABLE_FILE).read_text())
+
+
+BENCHMARKS = {"table1": _bench_table1, "rnn": _bench_rnn, "pipeline": _bench_pipeline}
 """``synthgrad bench <name>``: one function per benchmark module in ``synthgrad/bench/``."""
 COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resume, "bench": command_bench,
             "rnn": command_rnn, "plot": command_plot}
@@ -652,6 +790,9 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
         print(f"synthgrad {args.command}: {interrupted}; continue with: synthgrad resume "
               f"{interrupted.checkpoint.parent}", file=sys.stderr)
         return 130
+    except PipelineFailure as error:
+        print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
+        return FAILED_STATUS
     except TrainingDiverged as error:
         print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
         return DIVERGED_STATUS

@@ -1,0 +1,126 @@
+"""Pipelines of 2 gloo processes on loopback: exact lockstep gradients, faults, resume, mismatched ranks.
+
+Runs use the dry run's random stand-in images (an empty data directory), so each takes seconds.
+"""
+import copy
+import os
+import multiprocessing
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from synthgrad.experiments.mnist import ClassifierConfig, build_model, load_splits
+from synthgrad.metrics import read_metrics
+from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous
+from synthgrad.pipeline.launch import FAILED_STATUS, free_port, launch_local, rank_main
+from synthgrad.pipeline.runtime import stage_dir
+from synthgrad.pipeline.stage import block_costs, partition, split_model
+from synthgrad.trainer import TrainConfig, _epoch_order
+
+
+def make_run(data_dir: Path, *, method="cdni", steps=400, timeout_s=20.0, seed=0, **train) -> PipelineRun:
+    options = {"steps": steps, "batch_size": 32, "log_every": 8, "checkpoint_every": 40,
+               "use_context": method == "cdni", "progress": False, "seed": seed, **train}
+    classifier = ClassifierConfig(data_dir=str(data_dir), download=False, method=method, layers=3, width=32,
+                                  dry_run=True, train=TrainConfig(**options))
+    return PipelineRun(classifier, PipelineConfig(num_stages=2, timeout_s=timeout_s))
+
+
+def start_ranks(runs, run_dir):
+    """One process per rank running ``rank_main`` (what ``launch_local`` starts), for tests to kill."""
+    context = multiprocessing.get_context("spawn")
+    port = free_port()
+    processes = [context.Process(target=rank_main, args=(run, Rendezvous("127.0.0.1", port, rank, 2), str(run_dir),
+                                                         False, None)) for rank, run in enumerate(runs)]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def wait_for(paths, processes, limit_s=60.0):
+    deadline = time.monotonic() + limit_s
+    while not all(path.exists() for path in paths):
+        assert time.monotonic() < deadline, f"{paths} never appeared"
+        assert all(process.exitcode is None for process in processes), "a rank ended early"
+        time.sleep(0.001)
+
+
+def final_states(run_dir):
+    return [torch.load(stage_dir(run_dir, rank) / "final.pt", weights_only=True)["stage"] for rank in range(2)]
+
+
+def test_lockstep_gradients_equal_single_process_backprop(tmp_path):
+    run = make_run(tmp_path / "no-data", method="backprop", steps=1, log_every=1, checkpoint_every=0,
+                   optimizer="sgd", lr=1.0, lr_schedule="constant")
+    launch_local(run, tmp_path / "run")
+
+    # the reference: the same initial model, the same first batch, plain autograd on a deep copy
+    train_split, _, _ = load_splits("mnist", str(tmp_path / "no-data"), download=False, dry_run=True)
+    torch.manual_seed(0)
+    model = build_model(run.classifier)
+    initial = copy.deepcopy(model)
+    index = _epoch_order(0, 0, len(train_split.labels))[:32]
+    nn.functional.cross_entropy(model(train_split.inputs[index]), train_split.labels[index]).backward()
+    groups = partition(block_costs(model), 2)
+    for rank, (state, before, after) in enumerate(zip(final_states(tmp_path / "run"), split_model(initial, groups),
+                                                      split_model(model, groups))):
+        stepped = state["chain"]
+        for name, param in after.chain.named_parameters():
+            # SGD with lr 1: the pipeline's gradient is its step
+            assert_close(dict(before.chain.named_parameters())[name].detach() - stepped[name], param.grad,
+                         msg=lambda text: f"rank {rank} {name}: {text}")
+
+
+def test_a_killed_rank_stops_the_other_with_its_name_and_resume_continues_the_same_run(tmp_path, capfd):
+    run = make_run(tmp_path / "no-data")
+    launch_local(run, tmp_path / "reference")
+
+    victim = tmp_path / "victim"
+    processes = start_ranks([run, run], victim)
+    wait_for([stage_dir(victim, rank) / "checkpoint-00000040.pt" for rank in range(2)], processes)
+    processes[1].kill()
+    killed_at = time.monotonic()
+    processes[0].join(timeout=30)
+    assert processes[0].exitcode == FAILED_STATUS, "the kill landed after the run ended; make the run longer"
+    assert time.monotonic() - killed_at < run.pipeline.timeout_s
+    assert "synthgrad: rank 0: error: rank 1 closed its connection" in capfd.readouterr().err
+
+    launch_local(run, victim, resume=True)
+    for resumed, reference in zip(final_states(victim), final_states(tmp_path / "reference")):
+        for key in ("chain", "synthesizer"):
+            for name, value in reference.get(key, {}).items():
+                assert torch.equal(resumed[key][name], value), f"{key}.{name}"
+    steps = [record["step"] for record in read_metrics(victim)]
+    assert steps == [record["step"] for record in read_metrics(tmp_path / "reference")] and steps[-1] == 400
+
+
+def test_a_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, capfd):
+    run = make_run(tmp_path / "no-data", steps=100000, timeout_s=3.0)
+    processes = start_ranks([run, run], tmp_path / "run")
+    try:
+        wait_for([stage_dir(tmp_path / "run", 1) / "checkpoint-00000040.pt"], processes)
+        os.kill(processes[1].pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        processes[0].join(timeout=30)
+        waited = time.monotonic() - stopped_at
+    finally:
+        for process in processes:
+            process.kill()
+    assert processes[0].exitcode == FAILED_STATUS
+    assert waited < 3.0 + 5.0
+    assert "synthgrad: rank 0: error: rank 1 sent nothing for 3 s" in capfd.readouterr().err
+
+
+def test_ranks_started_with_different_configurations_refuse_to_train(tmp_path, capfd):
+    runs = [make_run(tmp_path / "no-data", seed=seed) for seed in (0, 1)]
+    processes = start_ranks(runs, tmp_path / "run")
+    for process in processes:
+        process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [2, 2]
+    err = capfd.readouterr().err
+    assert "rank 1: classifier.train.seed (0 vs 1)" in err and err.count("different configurations") == 2
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

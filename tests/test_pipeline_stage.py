@@ -1,0 +1,96 @@
+"""Stages against plain autograd, driven in one process (the messages of a pipeline passed by hand)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from oracle import ExactSynthesizer, backprop_reference, make_blocks
+from synthgrad import DecoupledSequential, LinearSynthesizer, SynthgradError
+from synthgrad.pipeline.stage import Stage, partition, split_model, stage_cut_model
+from synthgrad.trainer import TrainConfig
+
+GROUPS = [range(0, 2), range(2, 4)]
+SGD = TrainConfig(optimizer="sgd", lr=0.1, synth_lr=0.1, lr_schedule="constant")
+
+
+def batch(size=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(size, 12, generator=generator), torch.randint(0, 5, (size,), generator=generator)
+
+
+def stages(model, config=SGD):
+    return [Stage(modules, stage_index=index, num_stages=2, config=config, total_steps=10)
+            for index, modules in enumerate(split_model(model, GROUPS))]
+
+
+def test_lockstep_stages_give_backprop_gradients():
+    x, y = batch()
+    blocks = make_blocks()
+    reference, _ = backprop_reference(blocks, x, y)
+    bottom, top = stages(DecoupledSequential(copy.deepcopy(blocks), [None, None, None]))
+    output, _ = bottom.forward_lockstep((0, 0), x, None, 1)
+    logits, loss = top.forward_lockstep((0, 0), output, y, 1)
+    assert_close(loss, nn.functional.cross_entropy(reference(x), y))
+    output_grad = top.backward_lockstep((0, 0), None)
+    assert bottom.backward_lockstep((0, 0), output_grad) is None  # nothing below the first stage
+    ours = [*bottom.chain.parameters(), *top.chain.parameters()]
+    for mine, theirs in zip(ours, reference.parameters(), strict=True):
+        assert_close(mine.grad, theirs.grad)
+
+
+def test_unlocked_stages_with_an_exact_synthesizer_make_backprop_updates():
+    x, y = batch(seed=1)
+    blocks = make_blocks(1)
+    reference, grads = backprop_reference(blocks, x, y)
+    torch.optim.SGD(reference.parameters(), lr=0.1).step()
+    model = DecoupledSequential(copy.deepcopy(blocks), [None, ExactSynthesizer(grads[1]), None])
+    bottom, top = stages(model)
+    result = bottom.forward_unlocked(x, None, None)
+    assert result.input_target is None
+    top_result = top.forward_unlocked(result.output, None, y)
+    # the target sent down is the true gradient at the cut, at per-example scale
+    assert_close(top_result.input_target, grads[1] * len(y))
+    ours = [*bottom.chain.parameters(), *top.chain.parameters()]
+    for mine, theirs in zip(ours, reference.parameters(), strict=True):
+        assert_close(mine, theirs)
+
+
+def test_zero_initialised_synthesizer_leaves_the_first_stage_unchanged_at_step_zero():
+    x, _ = batch()
+    model = DecoupledSequential(make_blocks(), [None, LinearSynthesizer(16, context_dim=5), None])
+    before = copy.deepcopy(model.blocks[:2].state_dict())
+    bottom, _ = stages(model)
+    bottom.forward_unlocked(x, nn.functional.one_hot(torch.arange(8) % 5, 5).float(), None)
+    for key, value in model.blocks[:2].state_dict().items():
+        if "running" not in key and "num_batches" not in key:  # BatchNorm statistics do move
+            assert torch.equal(value, before[key]), key
+
+
+def test_the_synthesizer_learns_the_target_that_arrives():
+    x, _ = batch()
+    model = DecoupledSequential(make_blocks(), [None, LinearSynthesizer(16), None])
+    bottom, _ = stages(model, TrainConfig(lr=1e-3, synth_lr=1e-2, lr_schedule="constant"))
+    output = bottom.forward_unlocked(x, None, None).output
+    target = torch.randn(output.shape, generator=torch.Generator().manual_seed(3))
+    losses = [bottom.train_synthesizer(output, None, target)[0].item() for _ in range(50)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_partition_balances_the_cost_of_contiguous_blocks():
+    assert partition([4, 1, 1, 1, 1], 2) == [range(0, 1), range(1, 5)]
+    assert partition([3, 1, 1, 1, 1, 1, 0.1], 2) == [range(0, 2), range(2, 7)]
+    assert partition([1, 1, 1], 3) == [range(0, 1), range(1, 2), range(2, 3)]
+    with pytest.raises(SynthgradError, match="--stages 4: the model has 3 blocks"):
+        partition([1, 1, 1], 4)
+
+
+def test_split_keeps_only_the_synthesizers_at_stage_boundaries():
+    synthesizers = [LinearSynthesizer(16), LinearSynthesizer(16), LinearSynthesizer(8)]
+    model = DecoupledSequential(make_blocks(), synthesizers)
+    bottom, top = split_model(model, GROUPS)
+    assert bottom.synthesizer is synthesizers[1] and top.synthesizer is None
+    assert (bottom.cut_name, len(bottom.chain), len(top.chain)) == ("1", 2, 2)
+    single = stage_cut_model(model, GROUPS)
+    assert list(single.interfaces) == ["1"] and single.interfaces["1"].synthesizer is synthesizers[1]
