@@ -1,0 +1,172 @@
+"""``synthgrad bench <name>``: one sub-command per benchmark module in ``synthgrad/bench/``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from synthgrad.bench.table1 import CNN_EPOCHS, FCN_EPOCHS, TABLE1_METHODS, TABLE1_MODELS, Table1Config, run_table1
+from synthgrad.cli.arguments import DATA_ENV, non_negative_int, positive, resolve_data_dir, resolve_device
+from synthgrad.cli.rnn import TINY_SHAKESPEARE, default_text
+from synthgrad.errors import SynthgradError
+from synthgrad.experiments.rnn import RNN_METHODS
+from synthgrad.trainer import TrainConfig
+
+
+def add_bench_parser(commands: Any) -> None:
+    """``bench`` and one sub-command per benchmark in ``synthgrad/bench/``."""
+    bench = commands.add_parser("bench", help="run a benchmark grid and write its table and figures")
+    benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    table1 = benchmarks.add_parser("table1", help="the paper's Table 1: feed-forward nets, every layer decoupled")
+    table1.add_argument("--datasets", nargs="+", default=["mnist"], help="mnist and/or cifar-10 (default mnist)")
+    table1.add_argument("--models", nargs="+", default=list(TABLE1_MODELS),
+                        help=f"default all: {' '.join(TABLE1_MODELS)}")
+    table1.add_argument("--methods", nargs="+", default=list(TABLE1_METHODS),
+                        help=f"default all: {' '.join(TABLE1_METHODS)}")
+    table1.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; the table shows the median")
+    table1.add_argument("--epochs", type=positive(int),
+                        help=f"epochs of every cell (default {FCN_EPOCHS} for FCNs, {CNN_EPOCHS} for CNNs)")
+    table1.add_argument("--batch-size", type=positive(int), default=TrainConfig.batch_size)
+    table1.add_argument("--data-root", help=f"directory with one folder per dataset (default ${DATA_ENV}, "
+                        "else a per-user cache that datasets are downloaded into)")
+    table1.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    table1.add_argument("--out", type=Path, default=Path("runs/table1"),
+                        help="where the cells' run directories, results.json, table1.md and figures go; "
+                        "rerunning with the same --out skips finished cells (default runs/table1)")
+    table1.add_argument("--dry-run", action="store_true", help="a few steps per cell on at most 1024 examples")
+    table1.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_bench_rnn_parser(benchmarks)
+    add_bench_pipeline_parser(benchmarks)
+
+
+def _method_and_truncation(text: str) -> tuple[str, int]:
+    method, _, truncation = text.partition(":")
+    if method not in RNN_METHODS or not truncation.isdigit() or int(truncation) <= 0:
+        raise argparse.ArgumentTypeError(f"expected METHOD:T with METHOD one of {', '.join(RNN_METHODS)} and T a "
+                                         f"positive int, e.g. dni:8; got {text!r}")
+    return method, int(truncation)
+
+
+def add_bench_pipeline_parser(bench_commands: Any) -> None:
+    from synthgrad.bench.pipeline import PipelineBenchConfig
+
+    defaults = PipelineBenchConfig()
+    bench = bench_commands.add_parser("pipeline", help="update-unlocked cDNI on K processes vs backprop, GPipe and "
+                                      "1F1B: throughput, accuracy at equal time, time to 97%%")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench-pipeline"),
+                       help="results directory; finished runs in it are kept (default runs/bench-pipeline)")
+    bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
+    bench.add_argument("--epochs", type=positive(int), default=defaults.epochs)
+    bench.add_argument("--layers", type=positive(int), default=defaults.layers)
+    bench.add_argument("--width", type=positive(int), default=defaults.width)
+    bench.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
+    bench.add_argument("--stages", type=positive(int), default=defaults.num_stages)
+    bench.add_argument("--micro-batches", type=positive(int), default=defaults.micro_batches)
+    bench.add_argument("--max-staleness", type=non_negative_int, default=defaults.max_staleness)
+    bench.add_argument("--seed", type=int, default=defaults.seed)
+    bench.add_argument("--repeats", type=positive(int), default=defaults.repeats,
+                       help="run every schedule this many times, round-robin, and count the fastest run of each "
+                       "(on a shared machine the others measure the other jobs too)")
+    bench.add_argument("--dry-run", action="store_true", help="a few steps each on stand-in data")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_bench_rnn_parser(bench_commands: Any) -> None:
+    from synthgrad.bench.rnn import RNNBenchConfig
+
+    defaults = RNNBenchConfig()
+    bench = bench_commands.add_parser("rnn", help="Copy / Repeat Copy table (T = 2..5; BPTT, DNI, DNI+Aux) "
+                                      "beside the paper's, and BPC against characters seen")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench-rnn"),
+                       help="where cells, results.json, rnn.md and figures go; finished cells are skipped")
+    bench.add_argument("--steps", type=positive(int), default=defaults.steps,
+                       help=f"batches per Copy / Repeat Copy cell (default {defaults.steps})")
+    bench.add_argument("--lm-steps", type=positive(int), default=defaults.lm_steps,
+                       help=f"windows per language-model run (default {defaults.lm_steps})")
+    bench.add_argument("--text", type=Path, help=f"language-model text (default ${DATA_ENV}/{TINY_SHAKESPEARE})")
+    bench.add_argument("--tasks", nargs="*", choices=defaults.tasks, default=list(defaults.tasks),
+                       help="sequence tasks of the table (none: only the language model)")
+    bench.add_argument("--truncations", type=positive(int), nargs="+", default=list(defaults.truncations),
+                       help="the table's truncations T (default 2 3 4 5)")
+    bench.add_argument("--methods", nargs="+", choices=defaults.methods, default=list(defaults.methods),
+                       help="the table's methods (default: all)")
+    bench.add_argument("--lm-runs", type=_method_and_truncation, nargs="+", default=list(defaults.lm_runs),
+                       help="language-model curves as METHOD:T (default: "
+                       f"{' '.join(f'{method}:{truncation}' for method, truncation in defaults.lm_runs)})")
+    bench.add_argument("--skip-lm", action="store_true", help="only the Copy / Repeat Copy table")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--dry-run", action="store_true", help="a few updates per cell: checks the pipeline")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _bench_table1(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    root = {DATA_ENV: args.data_root} if args.data_root else environ
+    config = Table1Config(
+        data_dirs={dataset: str(resolve_data_dir(dataset, None, root)) for dataset in args.datasets},
+        datasets=tuple(args.datasets), models=tuple(args.models), methods=tuple(args.methods),
+        seeds=tuple(args.seeds), epochs=args.epochs, device=resolve_device(args.device), dry_run=args.dry_run,
+        progress=not args.no_progress, train_overrides={"batch_size": args.batch_size},
+    )
+    command = " ".join([
+        "synthgrad bench table1", "--datasets", *args.datasets, "--models", *args.models, "--methods", *args.methods,
+        "--seeds", *map(str, args.seeds), *(["--epochs", str(args.epochs)] if args.epochs else []),
+        "--batch-size", str(args.batch_size), *(["--device", args.device] if args.device != "auto" else []),
+        "--out", str(args.out), *(["--dry-run"] if args.dry_run else [])])
+    run_table1(config, args.out, command=command, on_note=lambda note: tqdm.write(note, file=sys.stderr))
+    print((args.out / "table1.md").read_text())
+
+
+def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    BENCHMARKS[args.benchmark](args, environ)
+
+
+def _bench_rnn_command(args: argparse.Namespace) -> str:
+    """The ``synthgrad bench rnn`` command line that reproduces ``args``, for the table's first line."""
+    return " ".join([
+        "synthgrad bench rnn", "--tasks", *args.tasks, "--truncations", *map(str, args.truncations),
+        "--methods", *args.methods, "--steps", str(args.steps),
+        *(["--skip-lm"] if args.skip_lm else ["--lm-runs", *(f"{method}:{truncation}" for method, truncation
+                                                            in args.lm_runs), "--lm-steps", str(args.lm_steps)]),
+        *(["--text", str(args.text)] if args.text else []), "--seed", str(args.seed), "--out", str(args.out),
+        *(["--dry-run"] if args.dry_run else [])])
+
+
+def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    from synthgrad.bench.rnn import RNNBenchConfig, run_rnn
+
+    text = None if args.skip_lm else str(default_text(args.text, environ))
+    config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seed=args.seed, tasks=tuple(args.tasks),
+                            truncations=tuple(args.truncations), methods=tuple(args.methods),
+                            lm_runs=tuple(args.lm_runs),
+                            dry_run=args.dry_run, progress=not args.no_progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = run_rnn(config, args.out, command=_bench_rnn_command(args))
+    finally:
+        torch.set_num_threads(threads)
+    print(results["table"])
+    print(f"written: {', '.join(results['files'])}")
+
+
+def _bench_pipeline(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    from synthgrad.bench.pipeline import TABLE_FILE, PipelineBenchConfig, run_pipeline
+
+    if args.stages < 2:
+        raise SynthgradError(f"--stages {args.stages}: the benchmark compares pipelines of at least 2 stages")
+    config = PipelineBenchConfig(
+        data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)), layers=args.layers, width=args.width,
+        epochs=args.epochs, batch_size=args.batch_size, num_stages=args.stages, micro_batches=args.micro_batches,
+        max_staleness=args.max_staleness, seed=args.seed, repeats=args.repeats, dry_run=args.dry_run)
+    command = ("synthgrad bench pipeline " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["bench", "pipeline"]
+               else "synthgrad bench pipeline")
+    run_pipeline(config, args.out, command=command.strip(), progress=not args.no_progress)
+    print((args.out / TABLE_FILE).read_text())
+
+
+BENCHMARKS = {"table1": _bench_table1, "rnn": _bench_rnn, "pipeline": _bench_pipeline}
+"""``synthgrad bench <name>``: one function per benchmark module in ``synthgrad/bench/``."""

@@ -1,0 +1,101 @@
+"""``synthgrad rnn``: an LSTM trained by truncated BPTT with synthetic gradients at chunk boundaries."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from synthgrad.cli.arguments import DATA_ENV, non_negative_int, positive, prepare_run_dir
+from synthgrad.errors import SynthgradError
+from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
+from synthgrad.recurrent_plots import plot_rnn_run
+
+
+TINY_SHAKESPEARE = "tinyshakespeare/input.txt"
+"""Where ``charlm`` looks for its default text under ``$SYNTHGRAD_DATA``."""
+
+
+def add_rnn_parser(commands: Any) -> None:
+    rnn = commands.add_parser("rnn", help="an LSTM trained by truncated BPTT, with synthetic gradients at "
+                              "chunk boundaries (Copy, Repeat Copy, character-level language model)")
+    tasks = rnn.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task, help_text in (("copy", "copy a sequence of random 8-bit patterns, with a length curriculum"),
+                            ("repeat-copy", "copy it R times over, with a length curriculum"),
+                            ("charlm", "character-level language model of a text file, bits per character")):
+        defaults = RNNConfig(task=task, truncation=8 if task == "charlm" else RNNConfig.truncation,
+                             hidden_dim=256 if task == "charlm" else RNNConfig.hidden_dim)
+        parser = tasks.add_parser(task, help=help_text)
+        parser.add_argument("--truncation", "-T", type=positive(int), default=defaults.truncation,
+                            help=f"steps per BPTT chunk (default {defaults.truncation})")
+        parser.add_argument("--method", choices=RNN_METHODS, default=defaults.method,
+                            help="bptt (truncated BPTT), dni (a synthesizer at each chunk boundary) or dni-aux "
+                            "(and the auxiliary task); default dni")
+        parser.add_argument("--hidden-dim", type=positive(int), default=defaults.hidden_dim, help="LSTM units")
+        parser.add_argument("--layers", type=positive(int), default=defaults.num_layers, help="LSTM layers")
+        parser.add_argument("--synth-layers", type=non_negative_int, default=defaults.synth_layers,
+                            help="hidden layers of the synthesizer (0: linear, the default)")
+        parser.add_argument("--steps", type=positive(int), default=defaults.steps,
+                            help=f"updates: batches or text windows (default {defaults.steps})")
+        parser.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
+        parser.add_argument("--lr", type=positive(float), default=defaults.lr)
+        parser.add_argument("--synth-lr", type=positive(float), default=defaults.synth_lr)
+        parser.add_argument("--aux-weight", type=positive(float), default=defaults.aux_weight,
+                            help="weight of the DNI+Aux loss (dni-aux only)")
+        parser.add_argument("--log-every", type=positive(int), default=defaults.log_every)
+        if task == "repeat-copy":
+            parser.add_argument("--max-repeats", type=positive(int), default=defaults.max_repeats,
+                                help="repeat counts are drawn from 1..N")
+        if task == "charlm":
+            parser.add_argument("--text", type=Path, help="a UTF-8 text file: first 90%% trains, last 10%% "
+                                f"validates (default ${DATA_ENV}/{TINY_SHAKESPEARE})")
+            parser.add_argument("--window", type=positive(int), default=defaults.window,
+                                help="characters per stream and update, a multiple of --truncation")
+            parser.add_argument("--eval-every", type=positive(int), default=defaults.eval_every,
+                                help="validate every N updates")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--out", type=Path, help="run directory (default runs/rnn-<task>-<method>-T<T>-<time>)")
+        parser.add_argument("--force", action="store_true", help="write into --out even if it holds a finished run")
+        parser.add_argument("--dry-run", action="store_true", help="three updates on little data: a smoke test")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def default_text(text: Optional[Path], environ: dict[str, str]) -> Path:
+    if text is not None:
+        return text
+    if environ.get(DATA_ENV):
+        return Path(environ[DATA_ENV]).expanduser() / TINY_SHAKESPEARE
+    raise SynthgradError(f"no text to model: pass --text FILE (or set ${DATA_ENV} to a directory holding "
+                         f"{TINY_SHAKESPEARE})")
+
+
+def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    task = args.task
+    config = RNNConfig(
+        task=task, method=args.method, truncation=args.truncation, hidden_dim=args.hidden_dim,
+        num_layers=args.layers, synth_layers=args.synth_layers, aux_weight=args.aux_weight,
+        batch_size=args.batch_size, lr=args.lr, synth_lr=args.synth_lr, steps=args.steps, seed=args.seed,
+        log_every=1 if args.dry_run else args.log_every, dry_run=args.dry_run, progress=not args.no_progress,
+    )
+    if task == "repeat-copy":
+        config.max_repeats = args.max_repeats
+    if task == "charlm":
+        config.text, config.window, config.eval_every = str(default_text(args.text, environ)), args.window, args.eval_every
+        if args.window % args.truncation:
+            raise SynthgradError(f"--window {args.window} must be a multiple of --truncation {args.truncation}")
+    run_dir = prepare_run_dir(args.out, f"rnn-{task}-{args.method}-T{args.truncation}", args.force)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small LSTMs, one step at a time: a second thread costs more than it gives
+    try:
+        summary = run_rnn_experiment(config, run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    figures = plot_rnn_run(run_dir)
+    if task == "charlm":
+        print(f"validation {summary['val_bpc']:.3f} bits per character after {summary['chars_seen']} characters "
+              f"({summary['train_seconds']:.1f} s of training)")
+    else:
+        print(f"longest length solved: {summary['max_length_solved']} in {summary['steps']} steps "
+              f"({summary['train_seconds']:.1f} s of training)")
+    print(f"run directory: {run_dir} (figures: {', '.join(path.name for path in figures)})")
