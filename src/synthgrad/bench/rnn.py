@@ -41,7 +41,7 @@ class RNNBenchConfig:
     """The bench's cells and budgets. ``steps``: batches per Copy / Repeat Copy cell; ``lm_steps``:
     windows of ``RNNConfig.window`` characters per language-model run; ``text``: ``None`` skips the LM.
 
-    20000 batches: 80-200 s per Copy / Repeat Copy cell on one idle core. At 4000 (10-20 s) every truncated
+    20000 batches: 40-120 s per Copy / Repeat Copy cell on one core. At 4000 (10-25 s) every truncated
     cell stopped at the first length whose dependency crosses a chunk boundary, before DNI had got past
     it (``benchmarks/results/rnn/training_speed.md``)."""
 
