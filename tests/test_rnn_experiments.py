@@ -1,11 +1,13 @@
 """The recurrent runners (``synthgrad.experiments.rnn``) write their run directories; the curriculum moves."""
 import json
+import math
 
 import pytest
 import torch
 
+from synthgrad.data.sequence_tasks import copy_batch, repeat_copy_batch
 from synthgrad.data.text import split_text
-from synthgrad.experiments.rnn import RNNConfig, check_config, run_charlm, run_sequence_task
+from synthgrad.experiments.rnn import RNNConfig, check_config, run_charlm, run_sequence_task, scored_loss
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 200
 
@@ -49,3 +51,31 @@ def test_impossible_configurations_are_refused():
         check_config(RNNConfig(method="rtrl"))
     with pytest.raises(ValueError, match="multiple of the truncation"):
         check_config(RNNConfig(task="charlm", truncation=3, window=128))
+
+
+def test_only_the_output_phase_is_scored_and_chance_is_one_bit_per_channel():
+    generator = torch.Generator().manual_seed(0)
+    batch = copy_batch(5, 4, generator)  # 9 steps: 4 patterns, the delimiter, 4 scored steps
+    outputs = torch.zeros(5, 9, 8)  # logits 0: every bit predicted with probability 1/2
+    bits = scored_loss(outputs, batch, 0, 9).item() / int(batch.mask.sum()) / math.log(2)
+    assert bits == pytest.approx(8.0)  # 8 channels, one bit each
+    # whatever the core outputs during the input phase and the delimiter costs nothing
+    outputs[:, :5] = torch.randn(5, 5, 8) * 10
+    assert scored_loss(outputs, batch, 0, 9).item() == pytest.approx(8 * 4 * math.log(2))
+    assert scored_loss(outputs[:, :5], batch, 0, 5).item() == 0.0
+    # a confident, correct output phase costs (almost) nothing; chunks add up to the whole
+    outputs[:, 5:] = (batch.targets[:, 5:] * 2 - 1) * 30
+    assert scored_loss(outputs, batch, 0, 9).item() < 1e-9
+    repeat = repeat_copy_batch(3, 2, generator, repeats=2)  # 2 + 1 + 4 + 1 steps, the last 5 scored, 9 channels
+    logits = torch.zeros(3, 8, 9)
+    assert scored_loss(logits[:, :3], repeat, 0, 3).item() + scored_loss(logits[:, 3:], repeat, 3, 8).item() == pytest.approx(
+        5 * 9 * math.log(2))
+
+
+def test_full_bptt_learns_copy_of_length_4_within_a_small_budget(tmp_path):
+    # truncation longer than the sequence: plain BPTT. Measured: length 4 solved after about 1150 batches
+    # (the curriculum climbs from length 1; about 250-400 batches per length)
+    config = RNNConfig(task="copy", method="bptt", truncation=100, lr=1e-2, steps=2500, max_length=4,
+                       progress=False)
+    summary = run_sequence_task(config, tmp_path)
+    assert summary["max_length_solved"] == 4 and summary["steps"] < 2500

@@ -39,9 +39,13 @@ LM_RUNS = (("bptt", 8), ("dni", 8), ("dni-aux", 8), ("bptt", 16), ("bptt", 32))
 @dataclass
 class RNNBenchConfig:
     """The bench's cells and budgets. ``steps``: batches per Copy / Repeat Copy cell; ``lm_steps``:
-    windows of ``RNNConfig.window`` characters per language-model run; ``text``: ``None`` skips the LM."""
+    windows of ``RNNConfig.window`` characters per language-model run; ``text``: ``None`` skips the LM.
 
-    steps: int = 4000
+    20000 batches: 40-120 s per Copy / Repeat Copy cell on one core. At 4000 (10-25 s) every truncated
+    cell stopped at the first length whose dependency crosses a chunk boundary, before DNI had got past
+    it (``benchmarks/results/rnn/training_speed.md``)."""
+
+    steps: int = 20000
     lm_steps: int = 1200
     text: Optional[str] = None
     tasks: tuple[str, ...] = ("copy", "repeat-copy")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from synthgrad.checkpoints import save_atomically
-from synthgrad.data.sequence_tasks import SEQUENCE_TASKS, sequence_batch, task_dims
+from synthgrad.data.sequence_tasks import SEQUENCE_TASKS, SequenceBatch, sequence_batch, task_dims
 from synthgrad.data.text import CharCorpus, load_text, stream_batches
 from synthgrad.experiments.curriculum import SOLVED_BITS, Curriculum
 from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, write_json
@@ -96,6 +96,18 @@ def build_synthesizers(config: RNNConfig, state_dim: int) -> tuple[Optional[nn.M
     return synthesizer, aux_head
 
 
+def scored_loss(outputs: Tensor, batch: SequenceBatch, start: int, stop: int) -> Tensor:
+    """The loss of steps ``start:stop`` of a Copy / Repeat Copy ``batch`` given the core's ``outputs (B,
+    stop - start, output_dim)`` (logits): binary cross-entropy of every channel of the scored steps only
+    (``batch.mask``), summed over steps and channels and averaged over the batch. Divided by the number
+    of scored steps and by ln 2 it is the error in bits per character that the curriculum reads."""
+    mask = batch.mask[start:stop]  # (t,)
+    if not mask.any():
+        return outputs.sum() * 0.0  # keeps the graph: a chunk without scored steps still carries gradients
+    return nn.functional.binary_cross_entropy_with_logits(
+        outputs[:, mask], batch.targets[:, start:stop][:, mask], reduction="sum") / outputs.shape[0]
+
+
 class _Learner:
     """The core, its synthesizers and their optimizers; ``update`` runs one window and steps."""
 
@@ -168,11 +180,7 @@ def run_sequence_task(config: RNNConfig, run_dir: Path,
             scored = int(batch.mask.sum())
 
             def chunk_loss(outputs: Tensor, start: int, stop: int) -> Tensor:
-                mask = batch.mask[start:stop]  # (t,)
-                if not mask.any():
-                    return outputs.sum() * 0.0
-                return nn.functional.binary_cross_entropy_with_logits(
-                    outputs[:, mask], batch.targets[:, start:stop][:, mask], reduction="sum") / config.batch_size
+                return scored_loss(outputs, batch, start, stop)
 
             began = time.perf_counter()
             result = learner.update(batch.inputs, chunk_loss)
