@@ -1,10 +1,23 @@
-"""Fixtures shared by the data tests: a loopback HTTP server standing in for dataset mirrors."""
+"""Fixtures shared by the tests: one intra-op thread for the whole session, and a loopback HTTP server
+standing in for dataset mirrors."""
 import functools
 import http.server
 import socket
 import threading
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread for every test: the models are tiny, and under CPU contention (another
+    process busy on one of two cores) OpenMP's second thread made a 128x266 matmul ~100x slower and
+    the LSTMs several times slower. Commands that set the thread count themselves (gist, rnn) restore it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -45,16 +45,9 @@ def environ() -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """One intra-op thread: the models are tiny, and under CPU contention (another process busy on
-    one of two cores) OpenMP's second thread made a 128x266 matmul ~100x slower. Restored afterwards
-    because ``gist`` sets the thread count for the whole process. The working directory is tmp_path
-    so a forgotten ``--out`` cannot litter the repository with ``runs/``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tmp_path as the working directory, so a forgotten ``--out`` cannot litter the repository."""
     monkeypatch.chdir(tmp_path)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -370,14 +363,9 @@ def interrupted_run(tmp_path_factory) -> Path:
     stand-in images (3 steps, a checkpoint after each of the first two), without final.pt and summary.json."""
     root = tmp_path_factory.mktemp("interrupted")
     run_dir = root / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", "--dry-run", "--no-progress", "--layers", "1", "--width", "16", "--log-every", "1",
-                     "--checkpoint-every", "1", "--data-dir", str(root / "no-mnist"), "--out", str(run_dir)],
-                    environ={}) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["train", "--dry-run", "--no-progress", "--layers", "1", "--width", "16", "--log-every", "1",
+                 "--checkpoint-every", "1", "--data-dir", str(root / "no-mnist"), "--out", str(run_dir)],
+                environ={}) == 0
     (run_dir / "final.pt").unlink()
     (run_dir / "summary.json").unlink()
     return run_dir

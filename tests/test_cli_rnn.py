@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from synthgrad.cli import main
 
@@ -11,14 +10,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_in_tmp(tmp_path, monkeypatch):
-    """One intra-op thread (the commands set it too; the bench's text loading runs before) and tmp_path as
-    the working directory, so a forgotten --out cannot litter the repository."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _in_tmp(tmp_path, monkeypatch):
+    """tmp_path as the working directory, so a forgotten --out cannot litter the repository."""
     monkeypatch.chdir(tmp_path)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -18,14 +18,6 @@ from synthgrad.trainer import Split, TrainConfig, train
 SHAPES = {"mnist": (1, 28, 28), "cifar-10": (3, 32, 32)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cut_shapes(model: nn.Module, inputs: torch.Tensor) -> list[tuple[int, ...]]:
     shapes = []
     handles = [model.blocks[int(name)].register_forward_hook(lambda m, i, output: shapes.append(tuple(output.shape[1:])))

@@ -1,7 +1,6 @@
 """Oracle tests of truncated BPTT with synthetic gradients (``synthgrad.recurrent``) against autograd."""
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
@@ -11,15 +10,6 @@ from synthgrad.synthesizers import LinearSynthesizer
 
 BATCH, LENGTH, INPUT, HIDDEN, OUTPUT = 3, 11, 4, 5, 2
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the LSTMs here are tiny, and under CPU contention a second OpenMP thread
-    made them several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _problem(num_layers: int = 2):

@@ -12,15 +12,6 @@ from synthgrad.experiments.rnn import RNNConfig, check_config, run_charlm, run_s
 TEXT = "the quick brown fox jumps over the lazy dog. " * 200
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the LSTMs here are tiny, and under CPU contention a second OpenMP thread
-    made them several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_copy_run_follows_the_curriculum_and_writes_its_directory(tmp_path):
     # a threshold every batch meets: the length grows every `curriculum_window` batches

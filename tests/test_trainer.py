@@ -24,15 +24,6 @@ from synthgrad.trainer import Split, TrainConfig, TrainingInterrupted, evaluate,
 DIM, HIDDEN, NUM_CLASSES = 20, 32, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the models are tiny, and under CPU contention (another process busy on
-    one of two cores) OpenMP's second thread made a 128x266 matmul ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _separable(num_examples: int, seed: int) -> Split:
     """Points ``(N, 20)`` from a standard normal, labelled by the side of one fixed hyperplane."""
