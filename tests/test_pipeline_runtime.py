@@ -19,7 +19,7 @@ from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous
 from synthgrad.pipeline.launch import FAILED_STATUS, free_port, launch_local, rank_main
 from synthgrad.pipeline.runtime import stage_dir
 from synthgrad.pipeline.stage import block_costs, partition, split_model
-from synthgrad.trainer import TrainConfig, _epoch_order
+from synthgrad.trainer import TrainConfig, epoch_order
 
 
 def make_run(data_dir: Path, *, method="cdni", steps=400, timeout_s=20.0, seed=0, **train) -> PipelineRun:
@@ -63,7 +63,7 @@ def test_lockstep_gradients_equal_single_process_backprop(tmp_path):
     torch.manual_seed(0)
     model = build_model(run.classifier)
     initial = copy.deepcopy(model)
-    index = _epoch_order(0, 0, len(train_split.labels))[:32]
+    index = epoch_order(0, 0, len(train_split.labels))[:32]
     nn.functional.cross_entropy(model(train_split.inputs[index]), train_split.labels[index]).backward()
     groups = partition(block_costs(model), 2)
     for rank, (state, before, after) in enumerate(zip(final_states(tmp_path / "run"), split_model(initial, groups),

@@ -148,7 +148,9 @@ def validate_train_config(config: TrainConfig, num_examples: Optional[int] = Non
                             "choose a smaller {0}", "batch_size")
 
 
-def _lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+def lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step under ``config.lr_schedule``: shared by the one-process
+    trainer and the pipeline's stages, so both anneal alike."""
     if config.lr_schedule == "constant":
         return lambda step: 1.0
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
@@ -224,9 +226,10 @@ def _drop_block_updates(model: DecoupledSequential, generator: torch.Generator, 
                 param.grad = None
 
 
-def _epoch_order(seed: int, epoch: int, num_examples: int) -> Tensor:
+def epoch_order(seed: int, epoch: int, num_examples: int) -> Tensor:
     """The order of the training examples in ``epoch``: a permutation from a generator seeded by
-    (seed, epoch), so the batch of any step follows from the step number alone."""
+    (seed, epoch), so the batch of any step follows from the step number alone (on every pipeline rank,
+    and after a resume)."""
     return torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
@@ -288,7 +291,7 @@ def train(
     total_steps = config.steps or config.epochs * steps_per_epoch
     eval_every = config.eval_every or steps_per_epoch
     optimizer = make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total_steps))
     synth_params = list(synthesizer_parameters(model))
     cut_statistics = _CutStatistics(model)
     guard = DivergenceGuard(model, optimizer, scheduler, run_dir, config.on_divergence)
@@ -327,7 +330,7 @@ def train(
         for step in range(start_step, total_steps):
             epoch, batch = divmod(step, steps_per_epoch)
             if batch == 0 or step == start_step:
-                order = _epoch_order(config.seed, epoch, num_examples).to(device)
+                order = epoch_order(config.seed, epoch, num_examples).to(device)
             started = time.perf_counter()
             index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
             inputs, labels = train_inputs[index], train_labels[index]

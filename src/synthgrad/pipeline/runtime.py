@@ -37,7 +37,7 @@ from synthgrad.pipeline.config import (
 )
 from synthgrad.pipeline.schedule import BACKWARD, FORWARD, SYNTH, UPDATE, lockstep_plan, unlocked_plan
 from synthgrad.pipeline.stage import Stage, split_model
-from synthgrad.trainer import PROGRESS_KEYS, Split, _epoch_order
+from synthgrad.trainer import PROGRESS_KEYS, Split, epoch_order
 
 EVAL_CHUNK = 1000
 
@@ -157,7 +157,7 @@ class _RankTrainer:
         """The indices of the training examples of ``step`` ``(batch_size,)``."""
         epoch, batch = divmod(step, self.steps_per_epoch)
         if self._order[0] != epoch:
-            self._order = (epoch, _epoch_order(self.train_config.seed, epoch, self.num_examples).to(self.device))
+            self._order = (epoch, epoch_order(self.train_config.seed, epoch, self.num_examples).to(self.device))
         size = self.train_config.batch_size
         return self._order[1][batch * size:(batch + 1) * size]
 

@@ -21,7 +21,7 @@ from synthgrad.decoupled import DecoupledSequential
 from synthgrad.errors import SynthgradError
 from synthgrad.functional import gradient_cosine, synthesizer_loss
 from synthgrad.synthesizers import Synthesizer
-from synthgrad.trainer import TrainConfig, _lr_factor
+from synthgrad.trainer import TrainConfig, lr_factor
 
 
 @dataclass
@@ -124,7 +124,7 @@ class Stage:
         self.stage_index, self.num_stages = stage_index, num_stages
         self.config = config
         lr = config.lr if self.is_last or config.decoupled_lr is None else config.decoupled_lr
-        factor = _lr_factor(config, total_steps)
+        factor = lr_factor(config, total_steps)
         self.optimizer = _optimizer(list(self.chain.parameters()), lr, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.synth_optimizer = self.synth_scheduler = None
