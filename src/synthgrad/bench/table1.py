@@ -82,11 +82,9 @@ class Table1Config:
         return self.epochs or (FCN_EPOCHS if model in FCN_PRESETS else CNN_EPOCHS)
 
     def cell_config(self, dataset: str, model: str, method: str, seed: int) -> ClassifierConfig:
-        train = TrainConfig(epochs=self.epochs_for(model), steps=DRY_RUN_STEPS if self.dry_run else None,
-                            decoupled_lr=default_decoupled_lr(method), use_context=method == "cdni", seed=seed,
-                            device=self.device, progress=False)
-        for key, value in self.train_overrides.items():
-            setattr(train, key, value)
+        train = TrainConfig(**{"epochs": self.epochs_for(model), "steps": DRY_RUN_STEPS if self.dry_run else None,
+                               "decoupled_lr": default_decoupled_lr(method), "use_context": method == "cdni",
+                               "seed": seed, "device": self.device, "progress": False, **self.train_overrides})
         return ClassifierConfig(dataset=dataset, data_dir=self.data_dirs[dataset],
                                 download=self.download and not self.dry_run, model=model, method=method,
                                 dry_run=self.dry_run, train=train)

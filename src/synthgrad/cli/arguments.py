@@ -23,37 +23,26 @@ DATA_ENV = "SYNTHGRAD_DATA"
 """Environment variable naming a directory with one folder per dataset, e.g. ``$SYNTHGRAD_DATA/mnist``."""
 
 
-def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _checked(kind: Callable[[str], Any], is_allowed: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` where ``is_allowed`` holds, else one line saying what was expected."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            value = None
+        if value is None or not is_allowed(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = expected  # argparse names the type by it in its own messages
     return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}")
-    return value
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    return _checked(kind, lambda value: value > 0, f"a positive {kind.__name__}")
 
 
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
-    return value
+non_negative_int = _checked(int, lambda value: value >= 0, "a non-negative int")
+probability = _checked(float, lambda value: 0.0 <= value <= 1.0, "a probability in [0, 1]")
 
 
 def rank_or_full(text: str) -> Optional[int]:
