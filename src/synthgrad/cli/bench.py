@@ -79,43 +79,42 @@ def add_bench_pipeline_parser(bench_commands: Any) -> None:
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _mnist_bench_parser(bench_commands: Any, name: str, help: str, seeds: Sequence[int]) -> argparse.ArgumentParser:
+    """The sub-parser of an MNIST classifier bench, with what every such bench takes: ``--out``,
+    ``--data-dir``, ``--seeds``, ``--dry-run`` and ``--no-progress``."""
+    bench = bench_commands.add_parser(name, help=help)
+    bench.add_argument("--out", type=Path, default=Path(f"runs/bench-{name}"),
+                       help=f"where the cells' run directories, results.json and {name}.md go; finished cells are "
+                       f"skipped (default runs/bench-{name})")
+    bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
+    bench.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
+                       help=f"one run per seed; the table shows the median (default {' '.join(map(str, seeds))})")
+    bench.add_argument("--dry-run", action="store_true", help="a few steps per cell on at most 1024 examples")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return bench
+
+
 def add_bench_gist_parser(bench_commands: Any) -> None:
     from synthgrad.bench.gist import GIST_METHODS, GistBenchConfig
 
     defaults = GistBenchConfig()
-    bench = bench_commands.add_parser("gist", help="the seed gist's experiment over seeds: backprop, DNI and cDNI, "
-                                      "test accuracy after 1000 iterations and training seconds")
-    bench.add_argument("--out", type=Path, default=Path("runs/bench-gist"),
-                       help="where the cells' run directories, results.json and gist.md go; finished cells are "
-                       "skipped (default runs/bench-gist)")
-    bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
+    bench = _mnist_bench_parser(bench_commands, "gist", "the seed gist's experiment over seeds: backprop, DNI and "
+                                "cDNI, test accuracy after 1000 iterations and training seconds", defaults.seeds)
     bench.add_argument("--methods", nargs="+", default=list(defaults.methods),
                        help=f"default all: {' '.join(GIST_METHODS)}")
-    bench.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds),
-                       help="one run per seed; the table shows each and the median (default 0 1 2)")
-    bench.add_argument("--dry-run", action="store_true", help="a few steps per cell on at most 1024 examples")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_bench_methods_parser(bench_commands: Any) -> None:
     from synthgrad.bench.methods import TIME_REFERENCE, VARIANTS, MethodsBenchConfig
 
     defaults = MethodsBenchConfig()
-    bench = bench_commands.add_parser("methods", help="backprop, DNI and cDNI on the default MNIST MLP: accuracy, "
-                                      "seconds per epoch and synthetic-gradient cosine")
-    bench.add_argument("--out", type=Path, default=Path("runs/bench-methods"),
-                       help="where the cells' run directories, results.json and methods.md go; finished cells "
-                       "are skipped (default runs/bench-methods)")
-    bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
+    bench = _mnist_bench_parser(bench_commands, "methods", "backprop, DNI and cDNI on the default MNIST MLP: "
+                                "accuracy, seconds per epoch and synthetic-gradient cosine", defaults.seeds)
     bench.add_argument("--variants", nargs="+", default=list(defaults.variants),
                        help=f"rows, default all: {' '.join(VARIANTS)}; {TIME_REFERENCE} always runs, as the time "
                        "reference")
-    bench.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds),
-                       help="one run per seed; the table shows the median (default 0)")
     bench.add_argument("--epochs", type=positive(int), default=defaults.epochs)
     bench.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
-    bench.add_argument("--dry-run", action="store_true", help="a few steps per cell on at most 1024 examples")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_bench_readme_parser(bench_commands: Any) -> None:
