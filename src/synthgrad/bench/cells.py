@@ -5,7 +5,6 @@ same ``--out`` with, say, another ``--batch-size``) starts over."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Hashable, Optional, Sequence
 
@@ -13,18 +12,19 @@ from tqdm.auto import tqdm
 
 from synthgrad.checkpoints import load_latest_checkpoint
 from synthgrad.decoupled import DecoupledSequential
-from synthgrad.experiments.mnist import ClassifierConfig, build_model, run_experiment
+from synthgrad.experiments.mnist import ClassifierConfig, build_model, classifier_config_from_dict, run_experiment
 from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, clear_run_files, read_json
 
 Cell = tuple[Hashable, ...]
 """A cell's coordinates in the grid, its seed last, e.g. ``("mnist", "fcn3", "cdni", 0)``."""
 
 
-def saved_config(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The ``config.json`` of the run in ``run_dir``, or ``None`` when there is none (or it is unreadable)."""
+def saved_config(run_dir: Path) -> Optional[ClassifierConfig]:
+    """The configuration of the run in ``run_dir`` (fields added to the config since it ran take their
+    defaults), or ``None`` when there is none or it is unreadable."""
     try:
-        return json.loads((run_dir / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+        return classifier_config_from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
@@ -33,7 +33,7 @@ def run_cell(config: ClassifierConfig, run_dir: Path, *,
              on_note: Callable[[str], None] = print) -> dict[str, Any]:
     """The summary of ``config``'s run in ``run_dir``: read back when finished there, else trained now
     (continued from the newest checkpoint of the same configuration, if any)."""
-    is_same = saved_config(run_dir) == json.loads(json.dumps(asdict(config)))
+    is_same = saved_config(run_dir) == config
     if is_same and (run_dir / SUMMARY_FILE).is_file():
         return read_json(run_dir / SUMMARY_FILE)
     resume = load_latest_checkpoint(run_dir) if is_same else None
