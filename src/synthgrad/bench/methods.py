@@ -19,7 +19,7 @@ import torch
 
 from synthgrad.bench.cells import run_cells
 from synthgrad.bench.report import check_choices, markdown_table, seed_medians, write_report
-from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, default_decoupled_lr
+from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, training_defaults
 from synthgrad.trainer import TrainConfig
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -53,8 +53,8 @@ class MethodsBenchConfig:
     def cell_config(self, variant: str, seed: int) -> ClassifierConfig:
         method, overrides = VARIANTS[variant]
         train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, use_context=method == "cdni", seed=seed,
-                            progress=False, decoupled_lr=default_decoupled_lr(method),
-                            steps=DRY_RUN_STEPS if self.dry_run else None)
+                            progress=False, steps=DRY_RUN_STEPS if self.dry_run else None,
+                            **training_defaults("mlp", method))
         return ClassifierConfig(method=method, data_dir=self.data_dir, download=not self.dry_run,
                                 dry_run=self.dry_run, train=train, **overrides)
 
