@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from synthgrad.cli.arguments import DATA_ENV, non_negative_int, positive, prepare_run_dir
+from synthgrad.cli.arguments import DATA_ENV, non_negative_int, positive, prepare_run_dir, probability
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
 from synthgrad.recurrent_plots import plot_rnn_run
@@ -41,6 +41,9 @@ def add_rnn_parser(commands: Any) -> None:
         parser.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
         parser.add_argument("--lr", type=positive(float), default=defaults.lr)
         parser.add_argument("--synth-lr", type=positive(float), default=defaults.synth_lr)
+        parser.add_argument("--target-decay", type=probability, default=defaults.target_decay,
+                            help="lambda: weight of the next boundary's synthetic gradient in the bootstrapped "
+                            f"target (default {defaults.target_decay}; 1 is the paper, 0 the next chunk's loss alone)")
         parser.add_argument("--aux-weight", type=positive(float), default=defaults.aux_weight,
                             help="weight of the DNI+Aux loss (dni-aux only)")
         parser.add_argument("--log-every", type=positive(int), default=defaults.log_every)
@@ -74,7 +77,7 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     task = args.task
     config = RNNConfig(
         task=task, method=args.method, truncation=args.truncation, hidden_dim=args.hidden_dim,
-        num_layers=args.layers, synth_layers=args.synth_layers, aux_weight=args.aux_weight,
+        num_layers=args.layers, synth_layers=args.synth_layers, target_decay=args.target_decay, aux_weight=args.aux_weight,
         batch_size=args.batch_size, lr=args.lr, synth_lr=args.synth_lr, steps=args.steps, seed=args.seed,
         log_every=1 if args.dry_run else args.log_every, dry_run=args.dry_run, progress=not args.no_progress,
     )

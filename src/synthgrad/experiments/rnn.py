@@ -44,6 +44,9 @@ class RNNConfig:
     synth_layers: int = 0
     """Hidden layers of the synthesizer (0: a zero-initialised linear map of the state)."""
     synth_width: int = 256
+    target_decay: float = 1.0
+    """lambda, the weight of the next boundary's synthetic gradient in the bootstrapped target
+    (``synthgrad.recurrent.backward_through_chunks``); 1 is the paper."""
     aux_weight: float = 0.1
     """Weight of the DNI+Aux loss (predicting the next boundary's synthetic gradient) on the core. At 1.0
     it swamped the task on Copy (length 4, T=3: 7.9 bits per character after 2000 batches, DNI 5.3)."""
@@ -126,7 +129,8 @@ class _Learner:
             optimizer.zero_grad(set_to_none=True)
         result = backward_through_chunks(self.core, inputs, chunk_loss, self.config.truncation,
                                          synthesizer=self.synthesizer, aux_head=self.aux_head,
-                                         aux_weight=self.config.aux_weight, **window_options)
+                                         aux_weight=self.config.aux_weight,
+                                         target_decay=self.config.target_decay, **window_options)
         if self.config.clip_norm:
             nn.utils.clip_grad_norm_(self.core.parameters(), self.config.clip_norm)
         for optimizer in self.optimizers:
