@@ -70,3 +70,26 @@ def test_full_bptt_learns_copy_of_length_4_within_a_small_budget(tmp_path):
                        progress=False)
     summary = run_sequence_task(config, tmp_path)
     assert summary["max_length_solved"] == 4 and summary["steps"] < 2500
+
+
+def test_truncated_bptt_at_T2_gives_the_copy_pattern_inputs_no_gradient():
+    """Why BPTT at T=2 cannot learn Copy beyond what its random input weights store (the paper's table
+    has it solving length 7): a pattern and its recall are N+1 >= 2 steps apart, never in one chunk of
+    2, and the recall steps' inputs are blank, so the input weights of the 8 pattern channels get exactly
+    zero gradient. A synthesizer at the boundaries does reach them."""
+    from synthgrad.recurrent import LSTMCore, backward_through_chunks
+    from synthgrad.synthesizers import LinearSynthesizer
+
+    torch.manual_seed(0)
+    core = LSTMCore(9, 16, 8)
+    for length in (1, 2, 5):
+        batch = copy_batch(4, length, torch.Generator().manual_seed(length))
+        for truncation, synthesizer in ((2, None), (2 * length + 1, None), (2, LinearSynthesizer(core.state_dim))):
+            if synthesizer is not None:
+                torch.nn.init.normal_(synthesizer.net[0].weight, std=0.1)
+            core.zero_grad()
+            backward_through_chunks(core, batch.inputs, lambda out, start, stop: scored_loss(out, batch, start, stop),
+                                    truncation, synthesizer=synthesizer)
+            pattern_grad = core.lstm.weight_ih_l0.grad[:, :8]
+            assert (pattern_grad.abs().max() == 0) == (truncation == 2 and synthesizer is None)
+            assert core.lstm.bias_ih_l0.grad.abs().max() > 0  # the recall steps still train the LSTM
