@@ -96,3 +96,19 @@ def test_bench_rnn_language_model_runs_are_chosen_as_method_and_truncation(tmp_p
     with pytest.raises(SystemExit):
         main(["bench", "rnn", "--lm-runs", "dni-8"], environ={})
     assert "expected METHOD:T" in capsys.readouterr().err
+
+
+def test_charlm_squashes_the_cell_state_by_default_and_copy_does_not(tmp_path, text):
+    for task, expected in (("charlm", True), ("copy", False)):
+        out = tmp_path / task
+        argv = ["rnn", task, "--dry-run", "--no-progress", "--out", str(out), "--target-decay", "0.5"]
+        assert main(argv + (["--text", str(text)] if task == "charlm" else []), environ={}) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["squash_cell"] is expected and config["target_decay"] == 0.5
+
+
+def test_target_decay_outside_zero_one_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["rnn", "copy", "--target-decay", "1.5", "--dry-run"], environ={})
+    assert exit_.value.code == 2
+    assert "--target-decay" in capsys.readouterr().err

@@ -229,3 +229,15 @@ def test_target_decay_outside_zero_one_is_refused():
     for decay in (-0.1, 1.5):
         with pytest.raises(ValueError, match="target_decay"):
             backward_through_chunks(core, inputs, chunk_loss, 3, target_decay=decay)
+
+
+def test_squashed_cell_input_reads_h_and_tanh_of_c():
+    from synthgrad.recurrent import SquashedCellInput
+
+    torch.manual_seed(0)
+    inner = nn.Linear(2 * HIDDEN, 2 * HIDDEN).double()
+    wrapped = SquashedCellInput(inner)
+    state = torch.randn(BATCH, 2 * HIDDEN, dtype=torch.float64) * 50  # a drifted cell state
+    h, c = state[:, :HIDDEN], state[:, HIDDEN:]
+    assert_close(wrapped(state), inner(torch.cat([h, torch.tanh(c)], dim=1)))
+    assert list(wrapped.parameters()) == list(inner.parameters())  # its optimizer sees the same parameters

@@ -25,7 +25,8 @@ def add_rnn_parser(commands: Any) -> None:
                             ("repeat-copy", "copy it R times over, with a length curriculum"),
                             ("charlm", "character-level language model of a text file, bits per character")):
         defaults = RNNConfig(task=task, truncation=8 if task == "charlm" else RNNConfig.truncation,
-                             hidden_dim=256 if task == "charlm" else RNNConfig.hidden_dim)
+                             hidden_dim=256 if task == "charlm" else RNNConfig.hidden_dim,
+                             squash_cell=task == "charlm")
         parser = tasks.add_parser(task, help=help_text)
         parser.add_argument("--truncation", "-T", type=positive(int), default=defaults.truncation,
                             help=f"steps per BPTT chunk (default {defaults.truncation})")
@@ -41,6 +42,9 @@ def add_rnn_parser(commands: Any) -> None:
         parser.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
         parser.add_argument("--lr", type=positive(float), default=defaults.lr)
         parser.add_argument("--synth-lr", type=positive(float), default=defaults.synth_lr)
+        parser.add_argument("--squash-cell", action=argparse.BooleanOptionalAction, default=defaults.squash_cell,
+                            help="the synthesizer reads (h, tanh c) rather than the raw cell state "
+                            f"(default {'on' if defaults.squash_cell else 'off'} for {task})")
         parser.add_argument("--target-decay", type=probability, default=defaults.target_decay,
                             help="lambda: weight of the next boundary's synthetic gradient in the bootstrapped "
                             f"target (default {defaults.target_decay}; 1 is the paper, 0 the next chunk's loss alone)")
@@ -77,7 +81,7 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     task = args.task
     config = RNNConfig(
         task=task, method=args.method, truncation=args.truncation, hidden_dim=args.hidden_dim,
-        num_layers=args.layers, synth_layers=args.synth_layers, target_decay=args.target_decay, aux_weight=args.aux_weight,
+        num_layers=args.layers, synth_layers=args.synth_layers, squash_cell=args.squash_cell, target_decay=args.target_decay, aux_weight=args.aux_weight,
         batch_size=args.batch_size, lr=args.lr, synth_lr=args.synth_lr, steps=args.steps, seed=args.seed,
         log_every=1 if args.dry_run else args.log_every, dry_run=args.dry_run, progress=not args.no_progress,
     )

@@ -23,7 +23,7 @@ from synthgrad.data.sequence_tasks import SEQUENCE_TASKS, SequenceBatch, sequenc
 from synthgrad.data.text import CharCorpus, load_text, stream_batches
 from synthgrad.experiments.curriculum import SOLVED_BITS, Curriculum
 from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, write_json
-from synthgrad.recurrent import LSTMCore, WindowResult, backward_through_chunks
+from synthgrad.recurrent import LSTMCore, SquashedCellInput, WindowResult, backward_through_chunks
 from synthgrad.synthesizers import LinearSynthesizer, MLPSynthesizer
 
 RNN_METHODS = ("bptt", "dni", "dni-aux")
@@ -44,6 +44,10 @@ class RNNConfig:
     synth_layers: int = 0
     """Hidden layers of the synthesizer (0: a zero-initialised linear map of the state)."""
     synth_width: int = 256
+    squash_cell: bool = False
+    """The synthesizer reads ``(h, tanh(c))`` (``synthgrad.recurrent.SquashedCellInput``): needed on an
+    endless text stream, where the cell state drifts to norms of 30-600; off for Copy / Repeat Copy, whose
+    sequences start from the zero state (and whose table was measured without it)."""
     target_decay: float = 1.0
     """lambda, the weight of the next boundary's synthetic gradient in the bootstrapped target
     (``synthgrad.recurrent.backward_through_chunks``); 1 is the paper."""
@@ -95,6 +99,8 @@ def build_synthesizers(config: RNNConfig, state_dim: int) -> tuple[Optional[nn.M
         return None, None
     synthesizer = (LinearSynthesizer(state_dim) if config.synth_layers == 0 else
                    MLPSynthesizer(state_dim, hidden_dim=config.synth_width, num_hidden_layers=config.synth_layers))
+    if config.squash_cell:
+        synthesizer = SquashedCellInput(synthesizer)
     aux_head = nn.Linear(state_dim, state_dim) if config.method == "dni-aux" else None
     return synthesizer, aux_head
 
