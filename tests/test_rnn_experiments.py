@@ -34,7 +34,7 @@ def test_charlm_run_reports_validation_bpc_and_characters_seen(tmp_path):
     assert 0 < summary["val_bpc"] < 6 and summary["best_val_bpc"] <= summary["val_bpc"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [record["chars_seen"] for record in records] == [192, 384]
-    assert "aux/loss" in records[-1] and "sg/cos/state" in records[-1]
+    assert "aux/loss" in records[-1] and "sg/cos/state" in records[-1] and records[-1]["state/norm"] > 0
 
 
 def test_impossible_configurations_are_refused():

@@ -281,6 +281,7 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
                 best_val_bpc = min(best_val_bpc, val_bpc)
                 train_bpc = sum(r.loss for r in recent) / (len(recent) * config.window) / LN2
                 record = {"step": step, "chars_seen": chars_seen, "train/bpc": train_bpc, "val/bpc": val_bpc,
+                          "state/norm": state.norm(dim=1).mean().item(),  # the carried state's drift
                           "train_seconds": train_seconds, **_synthesizer_metrics(recent)}
                 log.write(record)
                 bar.set_postfix(val_bpc=f"{val_bpc:.3f}")
