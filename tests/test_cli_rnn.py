@@ -68,7 +68,7 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
     table = (out / "rnn.md").read_text()
     assert table.startswith("Made by `synthgrad bench rnn --tasks copy repeat-copy --truncations 2 3 4 5 --methods "
                             "bptt dni dni-aux --steps 20000 --lm-runs bptt:8 dni:8 dni-aux:8 bptt:16 bptt:32 "
-                            f"--lm-steps 1200 --text {text} --seed 0 --out {out} --dry-run`")
+                            f"--lm-steps 3000 --text {text} --seed 0 --out {out} --dry-run`")
     assert "| DNI | 0 (16) | 0 (14) | 0 (18) | 0 (18) |" in table  # ours beside the paper's Copy numbers
     assert "| BPTT | 0 (7) | 0 (5) | 0 (19) | 0 (23) |" in table  # Repeat Copy
     results = json.loads((out / "results.json").read_text())
@@ -112,3 +112,15 @@ def test_target_decay_outside_zero_one_exits_2(capsys):
         main(["rnn", "copy", "--target-decay", "1.5", "--dry-run"], environ={})
     assert exit_.value.code == 2
     assert "--target-decay" in capsys.readouterr().err
+
+
+def test_rnn_device_is_written_to_the_config(tmp_path):
+    out = tmp_path / "run"
+    assert main(["rnn", "copy", "--dry-run", "--no-progress", "--device", "cpu", "--out", str(out)], environ={}) == 0
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available, so --device cuda is valid")
+def test_rnn_device_cuda_without_cuda_exits_2(tmp_path, capsys):
+    assert main(["rnn", "copy", "--dry-run", "--device", "cuda", "--out", str(tmp_path / "r")], environ={}) == 2
+    assert "--device cpu" in capsys.readouterr().err

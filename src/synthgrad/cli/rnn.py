@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import torch
 
-from synthgrad.cli.arguments import DATA_ENV, non_negative_int, positive, prepare_run_dir, probability
+from synthgrad.cli.arguments import (DATA_ENV, add_device_argument, non_negative_int, positive, prepare_run_dir,
+                                     probability, resolve_device)
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
 from synthgrad.recurrent_plots import plot_rnn_run
@@ -62,6 +63,7 @@ def add_rnn_parser(commands: Any) -> None:
             parser.add_argument("--eval-every", type=positive(int), default=defaults.eval_every,
                                 help="validate every N updates")
         parser.add_argument("--seed", type=int, default=0)
+        add_device_argument(parser)
         parser.add_argument("--out", type=Path, help="run directory (default runs/rnn-<task>-<method>-T<T>-<time>)")
         parser.add_argument("--force", action="store_true", help="write into --out even if it holds a finished run")
         parser.add_argument("--dry-run", action="store_true", help="three updates on little data: a smoke test")
@@ -83,7 +85,8 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
         task=task, method=args.method, truncation=args.truncation, hidden_dim=args.hidden_dim,
         num_layers=args.layers, synth_layers=args.synth_layers, squash_cell=args.squash_cell, target_decay=args.target_decay, aux_weight=args.aux_weight,
         batch_size=args.batch_size, lr=args.lr, synth_lr=args.synth_lr, steps=args.steps, seed=args.seed,
-        log_every=1 if args.dry_run else args.log_every, dry_run=args.dry_run, progress=not args.no_progress,
+        log_every=1 if args.dry_run else args.log_every, device=resolve_device(args.device), dry_run=args.dry_run,
+        progress=not args.no_progress,
     )
     if task == "repeat-copy":
         config.max_repeats = args.max_repeats

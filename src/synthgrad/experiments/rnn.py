@@ -78,6 +78,8 @@ class RNNConfig:
     eval_chars: int = 0
     """Validation characters scored per evaluation, from the start of the tail (0: all of it)."""
     log_every: int = 50
+    device: str = "cpu"
+    """Where the LSTM, its synthesizers and the batches live (``cpu``, ``cuda``, ``cuda:1``)."""
     dry_run: bool = False
     progress: bool = True
 
@@ -125,6 +127,9 @@ class _Learner:
         self.config = config
         self.core = LSTMCore(input_dim, config.hidden_dim, output_dim, num_layers=config.num_layers)
         self.synthesizer, self.aux_head = build_synthesizers(config, self.core.state_dim)
+        for module in (self.core, self.synthesizer, self.aux_head):
+            if module is not None:
+                module.to(config.device)
         core_parameters = list(self.core.parameters()) + (list(self.aux_head.parameters()) if self.aux_head else [])
         self.optimizers = [torch.optim.Adam(core_parameters, lr=config.lr)]
         if self.synthesizer is not None:
@@ -186,7 +191,8 @@ def run_sequence_task(config: RNNConfig, run_dir: Path,
                                           f"{config.method} T={config.truncation}", unit="batch") as bar:
         for step in range(1, steps + 1):
             batch = sequence_batch(config.task, config.batch_size, curriculum.length, generator,
-                                   max_repeats=config.max_repeats)
+                                   max_repeats=config.max_repeats)  # drawn on the CPU: the same data on any device
+            batch = SequenceBatch(*(tensor.to(config.device) for tensor in (batch.inputs, batch.targets, batch.mask)))
             scored = int(batch.mask.sum())
 
             def chunk_loss(outputs: Tensor, start: int, stop: int) -> Tensor:
@@ -224,10 +230,11 @@ def validation_bpc(core: LSTMCore, corpus: CharCorpus, *, batch_size: int, max_c
     """Bits per character of ``core`` on the validation tail (its first ``max_chars``; 0: all), read as
     ``batch_size`` contiguous streams from a zero state."""
     data = corpus.validation[:max_chars] if max_chars else corpus.validation
-    streams = stream_batches(data, min(batch_size, max(1, (len(data) - 1) // 2)))
+    device = next(core.parameters()).device
+    streams = stream_batches(data, min(batch_size, max(1, (len(data) - 1) // 2))).to(device)
     inputs = nn.functional.one_hot(streams[:, :-1], corpus.vocab_size).float()
     with torch.no_grad():
-        outputs, _ = core(inputs, core.initial_state(streams.shape[0]))
+        outputs, _ = core(inputs, core.initial_state(streams.shape[0], device=device))
         loss = nn.functional.cross_entropy(outputs.reshape(-1, corpus.vocab_size), streams[:, 1:].reshape(-1))
     return loss.item() / LN2
 
@@ -243,7 +250,7 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
     corpus = corpus if corpus is not None else load_text(Path(config.text))
     if config.dry_run:
         corpus = CharCorpus(corpus.vocabulary, corpus.train[:20_000], corpus.validation[:2_000])
-    streams = stream_batches(corpus.train, config.batch_size)  # (B, C)
+    streams = stream_batches(corpus.train, config.batch_size).to(config.device)  # (B, C)
     if streams.shape[1] <= config.window:
         raise ValueError(f"the training text gives streams of {streams.shape[1]} characters, not more than "
                          f"the window {config.window}")
