@@ -124,3 +124,22 @@ def test_rnn_device_is_written_to_the_config(tmp_path):
 def test_rnn_device_cuda_without_cuda_exits_2(tmp_path, capsys):
     assert main(["rnn", "copy", "--dry-run", "--device", "cuda", "--out", str(tmp_path / "r")], environ={}) == 2
     assert "--device cpu" in capsys.readouterr().err
+
+
+def test_rnn_resume_continues_the_run_in_out_and_refuses_what_it_cannot(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["rnn", "copy", "--steps", "6", "--log-every", "2", "--checkpoint-every", "2", "--hidden-dim", "8",
+            "--batch-size", "2", "--no-progress", "--out", str(out)]
+    assert main(argv, environ={}) == 0
+    reference = json.loads((out / "summary.json").read_text())
+    assert sorted(path.name for path in out.glob("checkpoint-*.pt")) == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]
+    assert main(["rnn", "copy", "--resume", "--out", str(out)], environ={}) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    (out / "summary.json").unlink()  # as if killed before the end: continue from the newest checkpoint
+    assert main(["rnn", "copy", "--resume", "--no-progress", "--out", str(out)], environ={}) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["steps"] == 6 and resumed["max_length_solved"] == reference["max_length_solved"]
+    assert main(["rnn", "charlm", "--resume", "--out", str(out)], environ={}) == 2
+    assert "holds a 'copy' run" in capsys.readouterr().err
+    assert main(["rnn", "copy", "--resume"], environ={}) == 2
+    assert "--resume needs --out" in capsys.readouterr().err

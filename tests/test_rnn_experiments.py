@@ -93,3 +93,50 @@ def test_truncated_bptt_at_T2_gives_the_copy_pattern_inputs_no_gradient():
             pattern_grad = core.lstm.weight_ih_l0.grad[:, :8]
             assert (pattern_grad.abs().max() == 0) == (truncation == 2 and synthesizer is None)
             assert core.lstm.bias_ih_l0.grad.abs().max() > 0  # the recall steps still train the LSTM
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(step: int):
+    def on_record(record):
+        if record["step"] >= step:
+            raise _Crash
+    return on_record
+
+
+def _without_seconds(run_dir):
+    return [{key: value for key, value in json.loads(line).items() if key != "train_seconds"}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("task", ["copy", "charlm"])
+def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(task, tmp_path):
+    from synthgrad.experiments.rnn import run_rnn_experiment
+
+    options = dict(corpus=split_text(TEXT)) if task == "charlm" else {}
+    config = RNNConfig(task=task, method="dni-aux", truncation=4, hidden_dim=16, batch_size=4, steps=12,
+                       log_every=2, eval_every=2, window=16, checkpoint_every=4, threshold=6.0,
+                       curriculum_window=3, progress=False)
+    reference = run_rnn_experiment(config, tmp_path / "reference", **options)
+    with pytest.raises(_Crash):  # killed after the record of step 7: checkpoints at 4 (and none at 8 yet)
+        run_rnn_experiment(config, tmp_path / "resumed", on_record=_crash_after(7), **options)
+    assert sorted(path.name for path in (tmp_path / "resumed").glob("checkpoint-*.pt")) == ["checkpoint-00000004.pt"]
+    resumed = run_rnn_experiment(config, tmp_path / "resumed", resume=True, **options)
+    drop = {"train_seconds"}
+    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in reference.items() if k not in drop}
+    assert _without_seconds(tmp_path / "resumed") == _without_seconds(tmp_path / "reference")
+    final = [torch.load(tmp_path / run / "final.pt", weights_only=True) for run in ("reference", "resumed")]
+    for name in ("model", "synthesizer", "aux_head"):
+        for key, value in final[0][name].items():
+            assert torch.equal(value, final[1][name][key]), (name, key)
+
+
+def test_resume_without_a_checkpoint_names_the_fix(tmp_path):
+    from synthgrad.errors import SynthgradError
+
+    config = RNNConfig(task="copy", hidden_dim=8, batch_size=2, steps=2, checkpoint_every=0, progress=False)
+    run_sequence_task(config, tmp_path)
+    with pytest.raises(SynthgradError, match="without --resume"):
+        run_sequence_task(config, tmp_path, resume=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +12,7 @@ from synthgrad.cli.arguments import (DATA_ENV, add_device_argument, non_negative
                                      probability, resolve_device)
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
+from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, read_json
 from synthgrad.recurrent_plots import plot_rnn_run
 
 
@@ -52,6 +54,12 @@ def add_rnn_parser(commands: Any) -> None:
         parser.add_argument("--aux-weight", type=positive(float), default=defaults.aux_weight,
                             help="weight of the DNI+Aux loss (dni-aux only)")
         parser.add_argument("--log-every", type=positive(int), default=defaults.log_every)
+        parser.add_argument("--checkpoint-every", type=non_negative_int, default=defaults.checkpoint_every,
+                            help="a resumable checkpoint at the first log or evaluation this many updates after "
+                            f"the last (default {defaults.checkpoint_every}; 0: none)")
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the interrupted run in --out from its newest checkpoint, with the "
+                            "options it was started with (other options are ignored)")
         if task == "repeat-copy":
             parser.add_argument("--max-repeats", type=positive(int), default=defaults.max_repeats,
                                 help="repeat counts are drawn from 1..N")
@@ -79,26 +87,41 @@ def default_text(text: Optional[Path], environ: dict[str, str]) -> Path:
                          f"{TINY_SHAKESPEARE})")
 
 
+def _resumed_config(args: argparse.Namespace) -> RNNConfig:
+    """The configuration of the run in ``--out`` that ``--resume`` continues."""
+    if args.out is None:
+        raise SynthgradError("--resume needs --out RUN_DIR, the directory of the run to continue")
+    saved = read_json(args.out / CONFIG_FILE)
+    if saved.get("task") != args.task:
+        raise SynthgradError(f"{args.out} holds a {saved.get('task')!r} run, not {args.task!r}; resume it with "
+                             f"synthgrad rnn {saved.get('task')} --resume --out {args.out}")
+    if (args.out / SUMMARY_FILE).is_file():
+        raise SynthgradError(f"{args.out} holds a finished run; there is nothing to resume")
+    return replace(RNNConfig(**saved), progress=not args.no_progress)
+
+
 def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     task = args.task
-    config = RNNConfig(
+    config = _resumed_config(args) if args.resume else RNNConfig(
         task=task, method=args.method, truncation=args.truncation, hidden_dim=args.hidden_dim,
-        num_layers=args.layers, synth_layers=args.synth_layers, squash_cell=args.squash_cell, target_decay=args.target_decay, aux_weight=args.aux_weight,
-        batch_size=args.batch_size, lr=args.lr, synth_lr=args.synth_lr, steps=args.steps, seed=args.seed,
-        log_every=1 if args.dry_run else args.log_every, device=resolve_device(args.device), dry_run=args.dry_run,
+        num_layers=args.layers, synth_layers=args.synth_layers, squash_cell=args.squash_cell,
+        target_decay=args.target_decay, aux_weight=args.aux_weight, batch_size=args.batch_size, lr=args.lr,
+        synth_lr=args.synth_lr, steps=args.steps, seed=args.seed, log_every=1 if args.dry_run else args.log_every,
+        checkpoint_every=args.checkpoint_every, device=resolve_device(args.device), dry_run=args.dry_run,
         progress=not args.no_progress,
     )
-    if task == "repeat-copy":
+    if task == "repeat-copy" and not args.resume:
         config.max_repeats = args.max_repeats
-    if task == "charlm":
+    if task == "charlm" and not args.resume:
         config.text, config.window, config.eval_every = str(default_text(args.text, environ)), args.window, args.eval_every
         if args.window % args.truncation:
             raise SynthgradError(f"--window {args.window} must be a multiple of --truncation {args.truncation}")
-    run_dir = prepare_run_dir(args.out, f"rnn-{task}-{args.method}-T{args.truncation}", args.force)
+    run_dir = args.out if args.resume else prepare_run_dir(args.out, f"rnn-{task}-{args.method}-T{args.truncation}",
+                                                           args.force)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small LSTMs, one step at a time: a second thread costs more than it gives
     try:
-        summary = run_rnn_experiment(config, run_dir)
+        summary = run_rnn_experiment(config, run_dir, resume=args.resume)
     finally:
         torch.set_num_threads(threads)
     figures = plot_rnn_run(run_dir)

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from synthgrad.checkpoints import save_atomically
+from synthgrad.checkpoints import (checkpoint_path, load_latest_checkpoint, load_states, prune_checkpoints,
+                                   save_atomically)
 from synthgrad.data.sequence_tasks import SEQUENCE_TASKS, SequenceBatch, sequence_batch, task_dims
 from synthgrad.data.text import CharCorpus, load_text, stream_batches
 from synthgrad.experiments.curriculum import SOLVED_BITS, Curriculum
-from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, write_json
+from synthgrad.errors import SynthgradError
+from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
 from synthgrad.recurrent import LSTMCore, SquashedCellInput, WindowResult, backward_through_chunks
 from synthgrad.synthesizers import LinearSynthesizer, MLPSynthesizer
 
@@ -78,6 +80,9 @@ class RNNConfig:
     eval_chars: int = 0
     """Validation characters scored per evaluation, from the start of the tail (0: all of it)."""
     log_every: int = 50
+    checkpoint_every: int = 1000
+    """Write a resumable checkpoint at the first log (Copy) or evaluation (charlm) at least this many
+    updates after the last one; the newest two are kept (0: none)."""
     device: str = "cpu"
     """Where the LSTM, its synthesizers and the batches live (``cpu``, ``cuda``, ``cuda:1``)."""
     dry_run: bool = False
@@ -148,13 +153,48 @@ class _Learner:
             optimizer.step()
         return result
 
-    def save(self, path: Path, step: int) -> None:
-        state = {"model": self.core.state_dict(), "step": step, "config": asdict(self.config)}
-        if self.synthesizer is not None:
-            state["synthesizer"] = self.synthesizer.state_dict()
-        if self.aux_head is not None:
-            state["aux_head"] = self.aux_head.state_dict()
+    def _modules(self) -> dict[str, nn.Module]:
+        modules = {"model": self.core, "synthesizer": self.synthesizer, "aux_head": self.aux_head}
+        return {name: module for name, module in modules.items() if module is not None}
+
+    def save(self, path: Path, step: int, loop: Optional[dict[str, Any]] = None) -> None:
+        """The weights (``model``, ``synthesizer``, ``aux_head``), ``step`` and ``config``; with ``loop``
+        (the runner's own state) also the optimizers: a checkpoint that ``load`` continues from."""
+        state = {name: module.state_dict() for name, module in self._modules().items()}
+        state.update(step=step, config=asdict(self.config))
+        if loop is not None:
+            state.update(loop=loop, optimizers=[optimizer.state_dict() for optimizer in self.optimizers])
         save_atomically(path, state)
+
+    def load(self, checkpoint: dict[str, Any], path: Path) -> None:
+        load_states(checkpoint, path, **self._modules())
+        for optimizer, state in zip(self.optimizers, checkpoint["optimizers"]):
+            optimizer.load_state_dict(state)
+
+
+def _checkpointer(config: RNNConfig, run_dir: Path, learner: _Learner, start_step: int) -> Callable[..., None]:
+    """``maybe_save(step, loop)``: a checkpoint when ``checkpoint_every`` updates have passed since the last."""
+    last = start_step
+
+    def maybe_save(step: int, loop: dict[str, Any]) -> None:
+        nonlocal last
+        if config.checkpoint_every and step - last >= config.checkpoint_every:
+            learner.save(checkpoint_path(run_dir, step), step, loop)
+            prune_checkpoints(run_dir, keep=2)
+            last = step
+
+    return maybe_save
+
+
+def _resume(run_dir: Path, learner: _Learner) -> tuple[int, dict[str, Any]]:
+    """``(step, loop state)`` of the newest readable checkpoint, loaded into ``learner``; the metrics
+    written after it are dropped, to be written again."""
+    checkpoint = load_latest_checkpoint(run_dir)
+    if checkpoint is None or "loop" not in checkpoint:
+        raise SynthgradError(f"{run_dir} holds no checkpoint to resume from; start the run again without --resume")
+    learner.load(checkpoint, checkpoint_path(run_dir, checkpoint["step"]))
+    truncate_metrics(run_dir, checkpoint["step"])
+    return checkpoint["step"], checkpoint["loop"]
 
 
 def _synthesizer_metrics(results: list[WindowResult]) -> dict[str, float]:
@@ -173,10 +213,11 @@ def _start_run(config: RNNConfig, run_dir: Path) -> None:
     write_json(run_dir / CONFIG_FILE, asdict(config))
 
 
-def run_sequence_task(config: RNNConfig, run_dir: Path,
-                      on_record: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+def run_sequence_task(config: RNNConfig, run_dir: Path, on_record: Optional[Callable[[dict], None]] = None,
+                      resume: bool = False) -> dict[str, Any]:
     """Copy or Repeat Copy with the length curriculum for ``config.steps`` batches; returns the summary
-    (``max_length_solved``, ``final_length``, ``steps``, ``train_seconds``, ``method``, ``truncation``)."""
+    (``max_length_solved``, ``final_length``, ``steps``, ``train_seconds``, ``method``, ``truncation``).
+    ``resume``: continue from the newest checkpoint in ``run_dir`` exactly as the run would have gone on."""
     run_dir = Path(run_dir)
     _start_run(config, run_dir)
     input_dim, output_dim = task_dims(config.task)
@@ -186,10 +227,18 @@ def run_sequence_task(config: RNNConfig, run_dir: Path,
     steps = DRY_RUN_STEPS if config.dry_run else config.steps
     recent: list[WindowResult] = []
     errors: list[float] = []
-    train_seconds, step = 0.0, 0
-    with MetricsLog(run_dir) as log, tqdm(total=steps, disable=not config.progress, desc=f"{config.task} "
-                                          f"{config.method} T={config.truncation}", unit="batch") as bar:
-        for step in range(1, steps + 1):
+    train_seconds, step, start_step = 0.0, 0, 0
+    if resume:
+        start_step, loop = _resume(run_dir, learner)
+        step = start_step  # a run killed after its last checkpoint has no batch left to run
+        curriculum.load_state_dict(loop["curriculum"])
+        generator.set_state(loop["generator"])
+        train_seconds = loop["train_seconds"]
+    maybe_save = _checkpointer(config, run_dir, learner, start_step)
+    with MetricsLog(run_dir) as log, tqdm(total=steps, initial=start_step, disable=not config.progress,
+                                          desc=f"{config.task} {config.method} T={config.truncation}",
+                                          unit="batch") as bar:
+        for step in range(start_step + 1, steps + 1):
             batch = sequence_batch(config.task, config.batch_size, curriculum.length, generator,
                                    max_repeats=config.max_repeats)  # drawn on the CPU: the same data on any device
             batch = SequenceBatch(*(tensor.to(config.device) for tensor in (batch.inputs, batch.targets, batch.mask)))
@@ -216,6 +265,8 @@ def run_sequence_task(config: RNNConfig, run_dir: Path,
                 if on_record:
                     on_record(record)
                 recent, errors = [], []
+                maybe_save(step, {"curriculum": curriculum.state_dict(), "generator": generator.get_state(),
+                                  "train_seconds": train_seconds})
             if curriculum.max_length_solved >= config.max_length:
                 break
     learner.save(run_dir / FINAL_CHECKPOINT, step)
@@ -240,11 +291,11 @@ def validation_bpc(core: LSTMCore, corpus: CharCorpus, *, batch_size: int, max_c
 
 
 def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = None,
-               on_record: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+               on_record: Optional[Callable[[dict], None]] = None, resume: bool = False) -> dict[str, Any]:
     """Character-level language modelling on ``config.text`` (or ``corpus``): ``config.steps`` windows of
     ``config.window`` characters on each of ``batch_size`` streams, the state carried from window to
     window; validation BPC every ``eval_every`` windows. Returns the summary (``val_bpc``, ``best_val_bpc``,
-    ``chars_seen``, ``steps``, ``train_seconds``)."""
+    ``chars_seen``, ``steps``, ``train_seconds``). ``resume``: continue from the newest checkpoint."""
     run_dir = Path(run_dir)
     _start_run(config, run_dir)
     corpus = corpus if corpus is not None else load_text(Path(config.text))
@@ -258,12 +309,18 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
     steps = DRY_RUN_STEPS if config.dry_run else config.steps
     eval_every = 1 if config.dry_run else config.eval_every
     vocab = corpus.vocab_size
-    state, position, chars_seen, train_seconds = None, 0, 0, 0.0
+    state, position, chars_seen, train_seconds, start_step = None, 0, 0, 0.0, 0
     recent: list[WindowResult] = []
     val_bpc = best_val_bpc = float("inf")
-    with MetricsLog(run_dir) as log, tqdm(total=steps, disable=not config.progress, desc=f"charlm "
-                                          f"{config.method} T={config.truncation}", unit="window") as bar:
-        for step in range(1, steps + 1):
+    if resume:
+        start_step, loop = _resume(run_dir, learner)
+        state = None if loop["state"] is None else loop["state"].to(config.device)
+        position, chars_seen, train_seconds = loop["position"], loop["chars_seen"], loop["train_seconds"]
+        val_bpc, best_val_bpc = loop["val_bpc"], loop["best_val_bpc"]
+    maybe_save = _checkpointer(config, run_dir, learner, start_step)
+    with MetricsLog(run_dir) as log, tqdm(total=steps, initial=start_step, disable=not config.progress,
+                                          desc=f"charlm {config.method} T={config.truncation}", unit="window") as bar:
+        for step in range(start_step + 1, steps + 1):
             if position + config.window + 1 > streams.shape[1]:
                 state, position = None, 0  # a new epoch starts every stream from the zero state
             window = streams[:, position:position + config.window + 1]  # (B, W + 1)
@@ -295,6 +352,9 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
                 if on_record:
                     on_record(record)
                 recent = []
+                maybe_save(step, {"state": None if state is None else state.cpu(), "position": position,
+                                  "chars_seen": chars_seen, "train_seconds": train_seconds, "val_bpc": val_bpc,
+                                  "best_val_bpc": best_val_bpc})
     learner.save(run_dir / FINAL_CHECKPOINT, steps)
     summary = {"val_bpc": val_bpc, "best_val_bpc": best_val_bpc, "chars_seen": chars_seen, "steps": steps,
                "train_seconds": train_seconds, "method": config.method, "truncation": config.truncation}
