@@ -68,7 +68,7 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
     table = (out / "rnn.md").read_text()
     assert table.startswith("Made by `synthgrad bench rnn --tasks copy repeat-copy --truncations 2 3 4 5 --methods "
                             "bptt dni dni-aux --steps 20000 --lm-runs bptt:8 dni:8 dni-aux:8 bptt:16 bptt:32 "
-                            f"--lm-steps 1200 --text {text} --seed 0 --out {out} --dry-run`")
+                            f"--lm-steps 3000 --text {text} --seed 0 --out {out} --dry-run`")
     assert "| DNI | 0 (16) | 0 (14) | 0 (18) | 0 (18) |" in table  # ours beside the paper's Copy numbers
     assert "| BPTT | 0 (7) | 0 (5) | 0 (19) | 0 (23) |" in table  # Repeat Copy
     results = json.loads((out / "results.json").read_text())
@@ -96,3 +96,50 @@ def test_bench_rnn_language_model_runs_are_chosen_as_method_and_truncation(tmp_p
     with pytest.raises(SystemExit):
         main(["bench", "rnn", "--lm-runs", "dni-8"], environ={})
     assert "expected METHOD:T" in capsys.readouterr().err
+
+
+def test_charlm_squashes_the_cell_state_by_default_and_copy_does_not(tmp_path, text):
+    for task, expected in (("charlm", True), ("copy", False)):
+        out = tmp_path / task
+        argv = ["rnn", task, "--dry-run", "--no-progress", "--out", str(out), "--target-decay", "0.5"]
+        assert main(argv + (["--text", str(text)] if task == "charlm" else []), environ={}) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["squash_cell"] is expected and config["target_decay"] == 0.5
+
+
+def test_target_decay_outside_zero_one_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["rnn", "copy", "--target-decay", "1.5", "--dry-run"], environ={})
+    assert exit_.value.code == 2
+    assert "--target-decay" in capsys.readouterr().err
+
+
+def test_rnn_device_is_written_to_the_config(tmp_path):
+    out = tmp_path / "run"
+    assert main(["rnn", "copy", "--dry-run", "--no-progress", "--device", "cpu", "--out", str(out)], environ={}) == 0
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available, so --device cuda is valid")
+def test_rnn_device_cuda_without_cuda_exits_2(tmp_path, capsys):
+    assert main(["rnn", "copy", "--dry-run", "--device", "cuda", "--out", str(tmp_path / "r")], environ={}) == 2
+    assert "--device cpu" in capsys.readouterr().err
+
+
+def test_rnn_resume_continues_the_run_in_out_and_refuses_what_it_cannot(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["rnn", "copy", "--steps", "6", "--log-every", "2", "--checkpoint-every", "2", "--hidden-dim", "8",
+            "--batch-size", "2", "--no-progress", "--out", str(out)]
+    assert main(argv, environ={}) == 0
+    reference = json.loads((out / "summary.json").read_text())
+    assert sorted(path.name for path in out.glob("checkpoint-*.pt")) == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]
+    assert main(["rnn", "copy", "--resume", "--out", str(out)], environ={}) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    (out / "summary.json").unlink()  # as if killed before the end: continue from the newest checkpoint
+    assert main(["rnn", "copy", "--resume", "--no-progress", "--out", str(out)], environ={}) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["steps"] == 6 and resumed["max_length_solved"] == reference["max_length_solved"]
+    assert main(["rnn", "charlm", "--resume", "--out", str(out)], environ={}) == 2
+    assert "holds a 'copy' run" in capsys.readouterr().err
+    assert main(["rnn", "copy", "--resume"], environ={}) == 2
+    assert "--resume needs --out" in capsys.readouterr().err

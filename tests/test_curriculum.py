@@ -19,3 +19,15 @@ def test_length_stays_while_the_error_is_high():
     for _ in range(100):
         curriculum.update(0.2)
     assert curriculum.length == 1 and curriculum.max_length_solved == 0
+
+
+def test_curriculum_state_dict_round_trip_continues_exactly():
+    first = Curriculum(threshold=1.0, window=3)
+    for error in (0.5, 0.5, 0.5, 0.2):  # solves length 1, then one error at length 2
+        first.update(error)
+    second = Curriculum(threshold=1.0, window=3)
+    second.load_state_dict(first.state_dict())
+    for curriculum in (first, second):
+        curriculum.update(0.1)
+        assert curriculum.update(0.1)  # the error carried over completes the window: length 2 solved
+    assert second.length == first.length == 3 and second.max_length_solved == 2

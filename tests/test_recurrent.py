@@ -1,6 +1,7 @@
 """Oracle tests of truncated BPTT with synthetic gradients (``synthgrad.recurrent``) against autograd."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
@@ -150,3 +151,93 @@ def test_lstm_core_state_layout_matches_nn_lstm():
     assert_close(outputs, core.readout(top))
     assert_close(new_state[:, :2 * HIDDEN], h.transpose(0, 1).reshape(BATCH, -1))
     assert_close(new_state[:, 2 * HIDDEN:], c.transpose(0, 1).reshape(BATCH, -1))
+
+
+class _RecordingSynthesizer(nn.Module):
+    """A fixed random linear synthesizer that keeps every prediction, so that the target it was
+    regressed onto can be read back from the prediction's gradient (d loss / d prediction = 2 (prediction
+    - target) / B for ``synthesizer_loss``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.linear = nn.Linear(dim, dim).double()
+        self.predictions: list[torch.Tensor] = []
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        prediction = self.linear(state)
+        prediction.retain_grad()
+        self.predictions.append(prediction)
+        return prediction
+
+    def targets(self) -> list[torch.Tensor]:
+        return [(p - p.grad * p.shape[0] / 2).detach() for p in self.predictions if p.grad is not None]
+
+
+def _damped_targets(core, inputs, chunk_loss, truncation, synthesizer, decay):
+    """The oracle: at each boundary k, B * d/ds_k [loss of chunk k+1 + decay * <sg_{k+1}, s_{k+1}> / B],
+    by autograd from the boundary states of a plain forward pass."""
+    with torch.no_grad():
+        boundaries, state = [], core.initial_state(BATCH, dtype=torch.float64)
+        for start in range(0, LENGTH, truncation):
+            _, state = core(inputs[:, start:start + truncation], state)
+            boundaries.append(state)
+    targets = []
+    for index, start in enumerate(range(truncation, LENGTH, truncation)):
+        entering = boundaries[index].clone().requires_grad_()
+        outputs, leaving = core(inputs[:, start:start + truncation], entering)
+        total = chunk_loss(outputs, start, start + outputs.shape[1])
+        if start + truncation < LENGTH:  # the next boundary's synthetic gradient, unless the sequence ends
+            total = total + decay * (synthesizer.linear(leaving.detach()).detach() * leaving).sum() / BATCH
+        targets.append(torch.autograd.grad(total, entering)[0] * BATCH)
+    return targets
+
+
+def test_target_decay_damps_only_the_bootstrapped_part_of_the_target():
+    core, inputs, chunk_loss = _problem()
+    core_grads = None
+    for decay in (0.0, 0.5, 1.0):
+        core.zero_grad()
+        synthesizer = _RecordingSynthesizer(core.state_dim)
+        backward_through_chunks(core, inputs, chunk_loss, 3, synthesizer=synthesizer, target_decay=decay)
+        targets = synthesizer.targets()
+        expected = _damped_targets(core, inputs, chunk_loss, 3, synthesizer, decay)
+        assert len(targets) == len(expected) == 3
+        for mine, reference in zip(targets, expected):
+            assert_close(mine, reference)
+        # the chunks always receive the full synthetic gradient: the core's gradients do not depend on decay
+        if core_grads is None:
+            core_grads = _grads(core)
+        for mine, reference in zip(_grads(core), core_grads):
+            assert_close(mine, reference)
+
+
+def test_target_decay_zero_is_the_next_chunks_loss_gradient_alone():
+    core, inputs, chunk_loss = _problem()
+    synthesizer = _RecordingSynthesizer(core.state_dim)
+    backward_through_chunks(core, inputs, chunk_loss, 3, synthesizer=synthesizer, target_decay=0.0)
+    with torch.no_grad():
+        _, state = core(inputs[:, :3], core.initial_state(BATCH, dtype=torch.float64))
+    entering = state.clone().requires_grad_()
+    outputs, _ = core(inputs[:, 3:6], entering)
+    (loss_grad,) = torch.autograd.grad(chunk_loss(outputs, 3, 6), entering)
+    assert_close(synthesizer.targets()[0], loss_grad * BATCH)
+
+
+def test_target_decay_outside_zero_one_is_refused():
+    core, inputs, chunk_loss = _problem()
+    for decay in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="target_decay"):
+            backward_through_chunks(core, inputs, chunk_loss, 3, target_decay=decay)
+
+
+def test_squashed_cell_input_reads_h_and_tanh_of_c():
+    from synthgrad.recurrent import SquashedCellInput
+
+    torch.manual_seed(0)
+    inner = nn.Linear(2 * HIDDEN, 2 * HIDDEN).double()
+    wrapped = SquashedCellInput(inner)
+    state = torch.randn(BATCH, 2 * HIDDEN, dtype=torch.float64) * 50  # a drifted cell state
+    h, c = state[:, :HIDDEN], state[:, HIDDEN:]
+    assert_close(wrapped(state), inner(torch.cat([h, torch.tanh(c)], dim=1)))
+    assert list(wrapped.parameters()) == list(inner.parameters())  # its optimizer sees the same parameters

@@ -34,7 +34,7 @@ def test_charlm_run_reports_validation_bpc_and_characters_seen(tmp_path):
     assert 0 < summary["val_bpc"] < 6 and summary["best_val_bpc"] <= summary["val_bpc"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [record["chars_seen"] for record in records] == [192, 384]
-    assert "aux/loss" in records[-1] and "sg/cos/state" in records[-1]
+    assert "aux/loss" in records[-1] and "sg/cos/state" in records[-1] and records[-1]["state/norm"] > 0
 
 
 def test_impossible_configurations_are_refused():
@@ -70,3 +70,73 @@ def test_full_bptt_learns_copy_of_length_4_within_a_small_budget(tmp_path):
                        progress=False)
     summary = run_sequence_task(config, tmp_path)
     assert summary["max_length_solved"] == 4 and summary["steps"] < 2500
+
+
+def test_truncated_bptt_at_T2_gives_the_copy_pattern_inputs_no_gradient():
+    """Why BPTT at T=2 cannot learn Copy beyond what its random input weights store (the paper's table
+    has it solving length 7): a pattern and its recall are N+1 >= 2 steps apart, never in one chunk of
+    2, and the recall steps' inputs are blank, so the input weights of the 8 pattern channels get exactly
+    zero gradient. A synthesizer at the boundaries does reach them."""
+    from synthgrad.recurrent import LSTMCore, backward_through_chunks
+    from synthgrad.synthesizers import LinearSynthesizer
+
+    torch.manual_seed(0)
+    core = LSTMCore(9, 16, 8)
+    for length in (1, 2, 5):
+        batch = copy_batch(4, length, torch.Generator().manual_seed(length))
+        for truncation, synthesizer in ((2, None), (2 * length + 1, None), (2, LinearSynthesizer(core.state_dim))):
+            if synthesizer is not None:
+                torch.nn.init.normal_(synthesizer.net[0].weight, std=0.1)
+            core.zero_grad()
+            backward_through_chunks(core, batch.inputs, lambda out, start, stop: scored_loss(out, batch, start, stop),
+                                    truncation, synthesizer=synthesizer)
+            pattern_grad = core.lstm.weight_ih_l0.grad[:, :8]
+            assert (pattern_grad.abs().max() == 0) == (truncation == 2 and synthesizer is None)
+            assert core.lstm.bias_ih_l0.grad.abs().max() > 0  # the recall steps still train the LSTM
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(step: int):
+    def on_record(record):
+        if record["step"] >= step:
+            raise _Crash
+    return on_record
+
+
+def _without_seconds(run_dir):
+    return [{key: value for key, value in json.loads(line).items() if key != "train_seconds"}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("task", ["copy", "charlm"])
+def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(task, tmp_path):
+    from synthgrad.experiments.rnn import run_rnn_experiment
+
+    options = dict(corpus=split_text(TEXT)) if task == "charlm" else {}
+    config = RNNConfig(task=task, method="dni-aux", truncation=4, hidden_dim=16, batch_size=4, steps=12,
+                       log_every=2, eval_every=2, window=16, checkpoint_every=4, threshold=6.0,
+                       curriculum_window=3, progress=False)
+    reference = run_rnn_experiment(config, tmp_path / "reference", **options)
+    with pytest.raises(_Crash):  # killed after the record of step 7: checkpoints at 4 (and none at 8 yet)
+        run_rnn_experiment(config, tmp_path / "resumed", on_record=_crash_after(7), **options)
+    assert sorted(path.name for path in (tmp_path / "resumed").glob("checkpoint-*.pt")) == ["checkpoint-00000004.pt"]
+    resumed = run_rnn_experiment(config, tmp_path / "resumed", resume=True, **options)
+    drop = {"train_seconds"}
+    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in reference.items() if k not in drop}
+    assert _without_seconds(tmp_path / "resumed") == _without_seconds(tmp_path / "reference")
+    final = [torch.load(tmp_path / run / "final.pt", weights_only=True) for run in ("reference", "resumed")]
+    for name in ("model", "synthesizer", "aux_head"):
+        for key, value in final[0][name].items():
+            assert torch.equal(value, final[1][name][key]), (name, key)
+
+
+def test_resume_without_a_checkpoint_names_the_fix(tmp_path):
+    from synthgrad.errors import SynthgradError
+
+    config = RNNConfig(task="copy", hidden_dim=8, batch_size=2, steps=2, checkpoint_every=0, progress=False)
+    run_sequence_task(config, tmp_path)
+    with pytest.raises(SynthgradError, match="without --resume"):
+        run_sequence_task(config, tmp_path, resume=True)

@@ -11,7 +11,7 @@ from synthgrad.interfaces import (
     named_forward_interfaces,
     synthesizer_parameters,
 )
-from synthgrad.recurrent import LSTMCore, backward_through_chunks
+from synthgrad.recurrent import LSTMCore, SquashedCellInput, backward_through_chunks
 from synthgrad.synthesizers import (
     ConvSynthesizer,
     InputSynthesizer,
@@ -29,6 +29,7 @@ __all__ = [
     "LSTMCore",
     "LinearSynthesizer",
     "MLPSynthesizer",
+    "SquashedCellInput",
     "Synthesizer",
     "SynthgradError",
     "backward_interfaces",

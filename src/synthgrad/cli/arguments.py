@@ -54,13 +54,18 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="directory holding the dataset's IDX files (default: "
                         f"${DATA_ENV}/<dataset>, else a per-user cache that it is downloaded into)")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default 0)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto picks cuda when available (default auto)")
+    add_device_argument(parser)
     parser.add_argument("--out", type=Path, help="run directory (default runs/<command>-<model>-<method>-<time>)")
     parser.add_argument("--force", action="store_true", help="write into --out even if it holds a finished run")
     parser.add_argument("--dry-run", action="store_true",
                         help="a few batches on at most 1024 examples, never downloading: a smoke test")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, read back through ``resolve_device``."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto picks cuda when available (default auto)")
 
 
 def add_survival_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:

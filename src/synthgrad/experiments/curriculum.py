@@ -28,6 +28,15 @@ class Curriculum:
         """Mean error of the recent batches at the current length (``inf`` before the first)."""
         return sum(self._errors) / len(self._errors) if self._errors else float("inf")
 
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue the curriculum exactly."""
+        return {"length": self.length, "max_length_solved": self.max_length_solved, "errors": list(self._errors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.length, self.max_length_solved = state["length"], state["max_length_solved"]
+        self._errors.clear()
+        self._errors.extend(state["errors"])
+
     def update(self, error: float) -> bool:
         """Record one batch's error (bits per character); returns whether the length just grew."""
         self._errors.append(error)

@@ -18,12 +18,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from synthgrad.checkpoints import save_atomically
+from synthgrad.checkpoints import (checkpoint_path, load_latest_checkpoint, load_states, prune_checkpoints,
+                                   save_atomically)
 from synthgrad.data.sequence_tasks import SEQUENCE_TASKS, SequenceBatch, sequence_batch, task_dims
 from synthgrad.data.text import CharCorpus, load_text, stream_batches
 from synthgrad.experiments.curriculum import SOLVED_BITS, Curriculum
-from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, write_json
-from synthgrad.recurrent import LSTMCore, WindowResult, backward_through_chunks
+from synthgrad.errors import SynthgradError
+from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
+from synthgrad.recurrent import LSTMCore, SquashedCellInput, WindowResult, backward_through_chunks
 from synthgrad.synthesizers import LinearSynthesizer, MLPSynthesizer
 
 RNN_METHODS = ("bptt", "dni", "dni-aux")
@@ -44,6 +46,13 @@ class RNNConfig:
     synth_layers: int = 0
     """Hidden layers of the synthesizer (0: a zero-initialised linear map of the state)."""
     synth_width: int = 256
+    squash_cell: bool = False
+    """The synthesizer reads ``(h, tanh(c))`` (``synthgrad.recurrent.SquashedCellInput``): needed on an
+    endless text stream, where the cell state drifts to norms of 30-600; off for Copy / Repeat Copy, whose
+    sequences start from the zero state (and whose table was measured without it)."""
+    target_decay: float = 1.0
+    """lambda, the weight of the next boundary's synthetic gradient in the bootstrapped target
+    (``synthgrad.recurrent.backward_through_chunks``); 1 is the paper."""
     aux_weight: float = 0.1
     """Weight of the DNI+Aux loss (predicting the next boundary's synthetic gradient) on the core. At 1.0
     it swamped the task on Copy (length 4, T=3: 7.9 bits per character after 2000 batches, DNI 5.3)."""
@@ -71,6 +80,11 @@ class RNNConfig:
     eval_chars: int = 0
     """Validation characters scored per evaluation, from the start of the tail (0: all of it)."""
     log_every: int = 50
+    checkpoint_every: int = 1000
+    """Write a resumable checkpoint at the first log (Copy) or evaluation (charlm) at least this many
+    updates after the last one; the newest two are kept (0: none)."""
+    device: str = "cpu"
+    """Where the LSTM, its synthesizers and the batches live (``cpu``, ``cuda``, ``cuda:1``)."""
     dry_run: bool = False
     progress: bool = True
 
@@ -92,6 +106,8 @@ def build_synthesizers(config: RNNConfig, state_dim: int) -> tuple[Optional[nn.M
         return None, None
     synthesizer = (LinearSynthesizer(state_dim) if config.synth_layers == 0 else
                    MLPSynthesizer(state_dim, hidden_dim=config.synth_width, num_hidden_layers=config.synth_layers))
+    if config.squash_cell:
+        synthesizer = SquashedCellInput(synthesizer)
     aux_head = nn.Linear(state_dim, state_dim) if config.method == "dni-aux" else None
     return synthesizer, aux_head
 
@@ -116,6 +132,9 @@ class _Learner:
         self.config = config
         self.core = LSTMCore(input_dim, config.hidden_dim, output_dim, num_layers=config.num_layers)
         self.synthesizer, self.aux_head = build_synthesizers(config, self.core.state_dim)
+        for module in (self.core, self.synthesizer, self.aux_head):
+            if module is not None:
+                module.to(config.device)
         core_parameters = list(self.core.parameters()) + (list(self.aux_head.parameters()) if self.aux_head else [])
         self.optimizers = [torch.optim.Adam(core_parameters, lr=config.lr)]
         if self.synthesizer is not None:
@@ -126,20 +145,56 @@ class _Learner:
             optimizer.zero_grad(set_to_none=True)
         result = backward_through_chunks(self.core, inputs, chunk_loss, self.config.truncation,
                                          synthesizer=self.synthesizer, aux_head=self.aux_head,
-                                         aux_weight=self.config.aux_weight, **window_options)
+                                         aux_weight=self.config.aux_weight,
+                                         target_decay=self.config.target_decay, **window_options)
         if self.config.clip_norm:
             nn.utils.clip_grad_norm_(self.core.parameters(), self.config.clip_norm)
         for optimizer in self.optimizers:
             optimizer.step()
         return result
 
-    def save(self, path: Path, step: int) -> None:
-        state = {"model": self.core.state_dict(), "step": step, "config": asdict(self.config)}
-        if self.synthesizer is not None:
-            state["synthesizer"] = self.synthesizer.state_dict()
-        if self.aux_head is not None:
-            state["aux_head"] = self.aux_head.state_dict()
+    def _modules(self) -> dict[str, nn.Module]:
+        modules = {"model": self.core, "synthesizer": self.synthesizer, "aux_head": self.aux_head}
+        return {name: module for name, module in modules.items() if module is not None}
+
+    def save(self, path: Path, step: int, loop: Optional[dict[str, Any]] = None) -> None:
+        """The weights (``model``, ``synthesizer``, ``aux_head``), ``step`` and ``config``; with ``loop``
+        (the runner's own state) also the optimizers: a checkpoint that ``load`` continues from."""
+        state = {name: module.state_dict() for name, module in self._modules().items()}
+        state.update(step=step, config=asdict(self.config))
+        if loop is not None:
+            state.update(loop=loop, optimizers=[optimizer.state_dict() for optimizer in self.optimizers])
         save_atomically(path, state)
+
+    def load(self, checkpoint: dict[str, Any], path: Path) -> None:
+        load_states(checkpoint, path, **self._modules())
+        for optimizer, state in zip(self.optimizers, checkpoint["optimizers"]):
+            optimizer.load_state_dict(state)
+
+
+def _checkpointer(config: RNNConfig, run_dir: Path, learner: _Learner, start_step: int) -> Callable[..., None]:
+    """``maybe_save(step, loop)``: a checkpoint when ``checkpoint_every`` updates have passed since the last."""
+    last = start_step
+
+    def maybe_save(step: int, loop: dict[str, Any]) -> None:
+        nonlocal last
+        if config.checkpoint_every and step - last >= config.checkpoint_every:
+            learner.save(checkpoint_path(run_dir, step), step, loop)
+            prune_checkpoints(run_dir, keep=2)
+            last = step
+
+    return maybe_save
+
+
+def _resume(run_dir: Path, learner: _Learner) -> tuple[int, dict[str, Any]]:
+    """``(step, loop state)`` of the newest readable checkpoint, loaded into ``learner``; the metrics
+    written after it are dropped, to be written again."""
+    checkpoint = load_latest_checkpoint(run_dir)
+    if checkpoint is None or "loop" not in checkpoint:
+        raise SynthgradError(f"{run_dir} holds no checkpoint to resume from; start the run again without --resume")
+    learner.load(checkpoint, checkpoint_path(run_dir, checkpoint["step"]))
+    truncate_metrics(run_dir, checkpoint["step"])
+    return checkpoint["step"], checkpoint["loop"]
 
 
 def _synthesizer_metrics(results: list[WindowResult]) -> dict[str, float]:
@@ -158,10 +213,11 @@ def _start_run(config: RNNConfig, run_dir: Path) -> None:
     write_json(run_dir / CONFIG_FILE, asdict(config))
 
 
-def run_sequence_task(config: RNNConfig, run_dir: Path,
-                      on_record: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+def run_sequence_task(config: RNNConfig, run_dir: Path, on_record: Optional[Callable[[dict], None]] = None,
+                      resume: bool = False) -> dict[str, Any]:
     """Copy or Repeat Copy with the length curriculum for ``config.steps`` batches; returns the summary
-    (``max_length_solved``, ``final_length``, ``steps``, ``train_seconds``, ``method``, ``truncation``)."""
+    (``max_length_solved``, ``final_length``, ``steps``, ``train_seconds``, ``method``, ``truncation``).
+    ``resume``: continue from the newest checkpoint in ``run_dir`` exactly as the run would have gone on."""
     run_dir = Path(run_dir)
     _start_run(config, run_dir)
     input_dim, output_dim = task_dims(config.task)
@@ -171,12 +227,21 @@ def run_sequence_task(config: RNNConfig, run_dir: Path,
     steps = DRY_RUN_STEPS if config.dry_run else config.steps
     recent: list[WindowResult] = []
     errors: list[float] = []
-    train_seconds, step = 0.0, 0
-    with MetricsLog(run_dir) as log, tqdm(total=steps, disable=not config.progress, desc=f"{config.task} "
-                                          f"{config.method} T={config.truncation}", unit="batch") as bar:
-        for step in range(1, steps + 1):
+    train_seconds, step, start_step = 0.0, 0, 0
+    if resume:
+        start_step, loop = _resume(run_dir, learner)
+        step = start_step  # a run killed after its last checkpoint has no batch left to run
+        curriculum.load_state_dict(loop["curriculum"])
+        generator.set_state(loop["generator"])
+        train_seconds = loop["train_seconds"]
+    maybe_save = _checkpointer(config, run_dir, learner, start_step)
+    with MetricsLog(run_dir) as log, tqdm(total=steps, initial=start_step, disable=not config.progress,
+                                          desc=f"{config.task} {config.method} T={config.truncation}",
+                                          unit="batch") as bar:
+        for step in range(start_step + 1, steps + 1):
             batch = sequence_batch(config.task, config.batch_size, curriculum.length, generator,
-                                   max_repeats=config.max_repeats)
+                                   max_repeats=config.max_repeats)  # drawn on the CPU: the same data on any device
+            batch = SequenceBatch(*(tensor.to(config.device) for tensor in (batch.inputs, batch.targets, batch.mask)))
             scored = int(batch.mask.sum())
 
             def chunk_loss(outputs: Tensor, start: int, stop: int) -> Tensor:
@@ -200,6 +265,8 @@ def run_sequence_task(config: RNNConfig, run_dir: Path,
                 if on_record:
                     on_record(record)
                 recent, errors = [], []
+                maybe_save(step, {"curriculum": curriculum.state_dict(), "generator": generator.get_state(),
+                                  "train_seconds": train_seconds})
             if curriculum.max_length_solved >= config.max_length:
                 break
     learner.save(run_dir / FINAL_CHECKPOINT, step)
@@ -214,26 +281,27 @@ def validation_bpc(core: LSTMCore, corpus: CharCorpus, *, batch_size: int, max_c
     """Bits per character of ``core`` on the validation tail (its first ``max_chars``; 0: all), read as
     ``batch_size`` contiguous streams from a zero state."""
     data = corpus.validation[:max_chars] if max_chars else corpus.validation
-    streams = stream_batches(data, min(batch_size, max(1, (len(data) - 1) // 2)))
+    device = next(core.parameters()).device
+    streams = stream_batches(data, min(batch_size, max(1, (len(data) - 1) // 2))).to(device)
     inputs = nn.functional.one_hot(streams[:, :-1], corpus.vocab_size).float()
     with torch.no_grad():
-        outputs, _ = core(inputs, core.initial_state(streams.shape[0]))
+        outputs, _ = core(inputs, core.initial_state(streams.shape[0], device=device))
         loss = nn.functional.cross_entropy(outputs.reshape(-1, corpus.vocab_size), streams[:, 1:].reshape(-1))
     return loss.item() / LN2
 
 
 def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = None,
-               on_record: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+               on_record: Optional[Callable[[dict], None]] = None, resume: bool = False) -> dict[str, Any]:
     """Character-level language modelling on ``config.text`` (or ``corpus``): ``config.steps`` windows of
     ``config.window`` characters on each of ``batch_size`` streams, the state carried from window to
     window; validation BPC every ``eval_every`` windows. Returns the summary (``val_bpc``, ``best_val_bpc``,
-    ``chars_seen``, ``steps``, ``train_seconds``)."""
+    ``chars_seen``, ``steps``, ``train_seconds``). ``resume``: continue from the newest checkpoint."""
     run_dir = Path(run_dir)
     _start_run(config, run_dir)
     corpus = corpus if corpus is not None else load_text(Path(config.text))
     if config.dry_run:
         corpus = CharCorpus(corpus.vocabulary, corpus.train[:20_000], corpus.validation[:2_000])
-    streams = stream_batches(corpus.train, config.batch_size)  # (B, C)
+    streams = stream_batches(corpus.train, config.batch_size).to(config.device)  # (B, C)
     if streams.shape[1] <= config.window:
         raise ValueError(f"the training text gives streams of {streams.shape[1]} characters, not more than "
                          f"the window {config.window}")
@@ -241,12 +309,18 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
     steps = DRY_RUN_STEPS if config.dry_run else config.steps
     eval_every = 1 if config.dry_run else config.eval_every
     vocab = corpus.vocab_size
-    state, position, chars_seen, train_seconds = None, 0, 0, 0.0
+    state, position, chars_seen, train_seconds, start_step = None, 0, 0, 0.0, 0
     recent: list[WindowResult] = []
     val_bpc = best_val_bpc = float("inf")
-    with MetricsLog(run_dir) as log, tqdm(total=steps, disable=not config.progress, desc=f"charlm "
-                                          f"{config.method} T={config.truncation}", unit="window") as bar:
-        for step in range(1, steps + 1):
+    if resume:
+        start_step, loop = _resume(run_dir, learner)
+        state = None if loop["state"] is None else loop["state"].to(config.device)
+        position, chars_seen, train_seconds = loop["position"], loop["chars_seen"], loop["train_seconds"]
+        val_bpc, best_val_bpc = loop["val_bpc"], loop["best_val_bpc"]
+    maybe_save = _checkpointer(config, run_dir, learner, start_step)
+    with MetricsLog(run_dir) as log, tqdm(total=steps, initial=start_step, disable=not config.progress,
+                                          desc=f"charlm {config.method} T={config.truncation}", unit="window") as bar:
+        for step in range(start_step + 1, steps + 1):
             if position + config.window + 1 > streams.shape[1]:
                 state, position = None, 0  # a new epoch starts every stream from the zero state
             window = streams[:, position:position + config.window + 1]  # (B, W + 1)
@@ -271,12 +345,16 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
                 best_val_bpc = min(best_val_bpc, val_bpc)
                 train_bpc = sum(r.loss for r in recent) / (len(recent) * config.window) / LN2
                 record = {"step": step, "chars_seen": chars_seen, "train/bpc": train_bpc, "val/bpc": val_bpc,
+                          "state/norm": state.norm(dim=1).mean().item(),  # the carried state's drift
                           "train_seconds": train_seconds, **_synthesizer_metrics(recent)}
                 log.write(record)
                 bar.set_postfix(val_bpc=f"{val_bpc:.3f}")
                 if on_record:
                     on_record(record)
                 recent = []
+                maybe_save(step, {"state": None if state is None else state.cpu(), "position": position,
+                                  "chars_seen": chars_seen, "train_seconds": train_seconds, "val_bpc": val_bpc,
+                                  "best_val_bpc": best_val_bpc})
     learner.save(run_dir / FINAL_CHECKPOINT, steps)
     summary = {"val_bpc": val_bpc, "best_val_bpc": best_val_bpc, "chars_seen": chars_seen, "steps": steps,
                "train_seconds": train_seconds, "method": config.method, "truncation": config.truncation}
