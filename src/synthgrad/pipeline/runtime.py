@@ -247,7 +247,7 @@ class _RankTrainer:
                     prune_checkpoints(stage_dir(self.run_dir, self.rank), self.train_config.keep_checkpoints)
                     self.checkpoint_step = stop
                 if is_stopped:
-                    self.channel.flush()
+                    self.channel.flush()  # e.g. the last rank's test accuracy, before this rank exits
                     raise interrupted(self.run_dir, stop)
                 start_step = stop
         finally:
@@ -273,7 +273,9 @@ class _RankTrainer:
                                        f"{', '.join(bad)}; {checkpoint}")
             elif any(requested for _, requested in gathered):
                 decision = (_STOP, None)
-        return self.channel.broadcast_object(decision)
+        decision = self.channel.broadcast_object(decision)
+        self.channel.flush()  # every rank has the decision before any acts on it, e.g. by exiting
+        return decision
 
     def _run_segment(self, steps: range, progress: tqdm) -> None:
         if self.torch_schedule is not None:
