@@ -20,3 +20,11 @@ def test_benchmark_dry_run_writes_its_table(script, table, tmp_path):
     assert text.startswith("Made by `python ")
     for method in ("backprop", "dni", "cdni"):
         assert f"| {method} |" in text
+
+
+def test_pipeline_cpu_dry_run_prints_each_ranks_time_per_sample(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "pipeline_cpu.py"), "--dry-run", "--data-dir", str(tmp_path / "no-data"),
+         "--runs", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("unlocked: rank 0: cpu ") and "| rank 1: cpu " in result.stdout
