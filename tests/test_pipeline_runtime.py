@@ -7,6 +7,7 @@ import copy
 import os
 import multiprocessing
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from synthgrad.experiments.mnist import ClassifierConfig, build_model, load_spli
 from synthgrad.metrics import read_metrics
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous
 from synthgrad.pipeline.launch import FAILED_STATUS, free_port, launch_local, rank_main
-from synthgrad.pipeline.runtime import checkpoint_steps, stage_dir
+from synthgrad.pipeline.runtime import _lower_priority, checkpoint_steps, stage_dir
 from synthgrad.pipeline.stage import block_costs, partition, split_model
 from synthgrad.trainer import TrainConfig, TrainingInterrupted, epoch_order
 
@@ -176,3 +177,28 @@ def test_ranks_started_with_different_configurations_refuse_to_train(tmp_path, c
     err = capfd.readouterr().err
     assert "rank 1: classifier.train.seed (0 vs 1)" in err and err.count("different configurations") == 2
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread priorities are read from /proc (Linux)")
+def test_the_network_thread_alone_gets_the_lower_priority():
+    named, release = threading.Event(), threading.Event()
+    tids = []
+
+    def network_thread():
+        tids.append(threading.get_native_id())
+        Path(f"/proc/self/task/{tids[0]}/comm").write_text("gloo_tcp_test")
+        named.set()
+        release.wait(30)
+
+    thread = threading.Thread(target=network_thread)
+    thread.start()
+    try:
+        named.wait(30)
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        _lower_priority("gloo_tcp_test", 10)
+        _lower_priority("no such thread", 10)
+        assert os.getpriority(os.PRIO_PROCESS, tids[0]) == max(10, before)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread keeps its own
+    finally:
+        release.set()
+        thread.join()
