@@ -166,6 +166,13 @@ def test_constant_schedule_keeps_the_rates(tmp_path, step_learning_rates):
     assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0.02, 0.005])
 
 
+def test_warmup_scales_every_rate_up_linearly_then_the_schedule_takes_over(tmp_path, step_learning_rates):
+    config = _config(steps=10, lr=0.02, synth_lr=0.005, lr_schedule="constant", warmup_steps=4)
+    train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
+    assert step_learning_rates == [pytest.approx([0.02 * f, 0.005 * f]) for f in (0.25, 0.5, 0.75)] + \
+        [pytest.approx([0.02, 0.005])] * 7
+
+
 def test_sgd_with_momentum(tmp_path):
     config = _config(steps=5, optimizer="sgd", momentum=0.9)
     train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
@@ -186,6 +193,7 @@ def test_backprop_model_has_one_param_group(tmp_path):
     ({"lr_schedule": "linear"}, "lr_schedule must be one of cosine, constant"),
     ({"on_divergence": "ignore"}, "on_divergence must be one of stop, skip, got 'ignore'"),
     ({"steps": 0}, "steps must be positive"),
+    ({"warmup_steps": -1}, "warmup_steps must be >= 0"),
     ({"log_every": 0}, "log_every must be positive, got 0"),
     ({"log_every": 10, "checkpoint_every": 15}, "checkpoint_every 15 must be a multiple of log_every 10"),
 ])

@@ -57,7 +57,11 @@ class TrainConfig:
 
     ``lr_schedule="cosine"`` anneals every learning rate to zero over the run: late in training the
     synthesizers' targets keep moving, and a decaying step size is what keeps the final accuracy at
-    the best epoch's instead of drifting away from it.
+    the best epoch's instead of drifting away from it. ``warmup_steps`` scales every learning rate up
+    linearly over the first n steps before that schedule: Adam moves every weight by about its learning
+    rate on its first steps, whatever the gradient's size, so a synthesizer's zero-initialised output layer
+    with a large fan-in (a 5x5 convolution over 128 channels) jumps to outputs far larger than its targets,
+    and the blocks below its cut follow that noise (see ``experiments.mnist.CONV_TRAINING``).
 
     ``update_prob`` (a ``DecoupledSequential`` only): at each step each block updates its weights
     only with this probability, independently of the others (paper section 3.1, stochastic updates:
@@ -76,6 +80,7 @@ class TrainConfig:
     optimizer: str = "adam"
     momentum: float = 0.0
     lr_schedule: str = "cosine"
+    warmup_steps: int = 0
     synth_every: int = 1
     update_prob: float = 1.0
     use_context: bool = False
@@ -139,6 +144,8 @@ def validate_train_config(config: TrainConfig, num_examples: Optional[int] = Non
     if config.checkpoint_every < 0:
         raise InvalidConfig(f"{{0}} must be >= 0 (0: no checkpoints), got {config.checkpoint_every}",
                             "checkpoint_every")
+    if config.warmup_steps < 0:
+        raise InvalidConfig(f"{{0}} must be >= 0 (0: no warm-up), got {config.warmup_steps}", "warmup_steps")
     if config.checkpoint_every % config.log_every:
         raise InvalidConfig(f"{{0}} {config.checkpoint_every} must be a multiple of {{1}} {config.log_every}, "
                             "so that a checkpoint never falls inside a metrics interval",
@@ -149,11 +156,17 @@ def validate_train_config(config: TrainConfig, num_examples: Optional[int] = Non
 
 
 def lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """The learning-rate multiplier at each step under ``config.lr_schedule``: shared by the one-process
-    trainer and the pipeline's stages, so both anneal alike."""
-    if config.lr_schedule == "constant":
-        return lambda step: 1.0
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    """The learning-rate multiplier at each step under ``config.lr_schedule`` after ``config.warmup_steps``
+    of linear warm-up: shared by the one-process trainer and the pipeline's stages, so both anneal alike."""
+    def schedule(step: int) -> float:
+        if config.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / max(config.warmup_steps, 1)) * schedule(step)
+
+    return factor
 
 
 class _CutStatistics:

@@ -23,8 +23,8 @@ from synthgrad.experiments.mnist import (
     DRY_RUN_STEPS,
     FCN_PRESETS,
     ClassifierConfig,
-    default_decoupled_lr,
     run_experiment,
+    training_defaults,
 )
 from synthgrad.metrics import SUMMARY_FILE, clear_run_files, read_json
 from synthgrad.plots import plot_test_error_curves
@@ -83,8 +83,8 @@ class Table1Config:
 
     def cell_config(self, dataset: str, model: str, method: str, seed: int) -> ClassifierConfig:
         train = TrainConfig(**{"epochs": self.epochs_for(model), "steps": DRY_RUN_STEPS if self.dry_run else None,
-                               "decoupled_lr": default_decoupled_lr(method), "use_context": method == "cdni",
-                               "seed": seed, "device": self.device, "progress": False, **self.train_overrides})
+                               **training_defaults(model, method), "use_context": method == "cdni", "seed": seed,
+                               "device": self.device, "progress": False, **self.train_overrides})
         return ClassifierConfig(dataset=dataset, data_dir=self.data_dirs[dataset],
                                 download=self.download and not self.dry_run, model=model, method=method,
                                 dry_run=self.dry_run, train=train)

@@ -29,6 +29,7 @@ from synthgrad.divergence import ON_DIVERGENCE
 from synthgrad.errors import InvalidConfig, SynthgradError
 from synthgrad.experiments.gist import GIST_MODEL, build_gist_model, gist_config
 from synthgrad.experiments.mnist import (
+    CONV_TRAINING,
     DATASETS,
     DNI_DECOUPLED_LR,
     DRY_RUN_STEPS,
@@ -38,8 +39,8 @@ from synthgrad.experiments.mnist import (
     ClassifierConfig,
     build_model,
     classifier_config_from_dict,
-    default_decoupled_lr,
     run_experiment,
+    training_defaults,
 )
 from synthgrad.experiments.validation import validate_classifier_config
 from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, smooth
@@ -86,8 +87,9 @@ def add_classifier_parsers(commands: Any) -> None:
     length.add_argument("--steps", type=positive(int), help="train for this many steps instead of --epochs")
     train.add_argument("--batch-size", type=positive(int), default=train_defaults.batch_size)
     train.add_argument("--lr", type=positive(float), default=train_defaults.lr, help="learning rate of the blocks")
-    train.add_argument("--synth-lr", type=positive(float), default=train_defaults.synth_lr,
-                       help="learning rate of the synthesizers")
+    train.add_argument("--synth-lr", type=positive(float),
+                       help=f"learning rate of the synthesizers (default {train_defaults.synth_lr:g}, "
+                       f"{CONV_TRAINING['synth_lr']:g} for the CNNs)")
     train.add_argument("--decoupled-lr", type=positive(float),
                        help="learning rate of the blocks below the top cut, which learn from synthetic gradients "
                        f"(default {DNI_DECOUPLED_LR:g} for dni, else --lr)")
@@ -98,6 +100,9 @@ def add_classifier_parsers(commands: Any) -> None:
                        help="write a checkpoint every N steps, a multiple of --log-every; 0 for none "
                        f"(default {train_defaults.checkpoint_every}); resume with `synthgrad resume RUN_DIR`")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train_defaults.lr_schedule)
+    train.add_argument("--warmup-steps", type=non_negative_int,
+                       help="scale every learning rate up linearly over the first N steps (default "
+                       f"{train_defaults.warmup_steps}, {CONV_TRAINING['warmup_steps']} for the CNNs)")
     train.add_argument("--update-prob", type=probability, default=train_defaults.update_prob,
                        help="each block updates its weights at a step only with this probability (the "
                        "paper's stochastic updates; synthesizers always learn); default 1")
@@ -163,13 +168,22 @@ def _paper_training(args: argparse.Namespace) -> dict[str, Any]:
     return paper
 
 
+def _training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The training options of ``train``: those given explicitly, else ``--paper``'s, else the defaults of the
+    model and method (``experiments.mnist.training_defaults``), else ``TrainConfig``'s."""
+    unset = {name: getattr(TrainConfig(), name) for name, value in vars(args).items()
+             if value is None and hasattr(TrainConfig, name)}
+    return {**vars(args), **unset, **training_defaults(args.model, args.method), **_paper_training(args),
+            **{name: getattr(args, name) for name in explicit_options(args)}}
+
+
 def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if args.resume:
         pipeline = _pipeline_run_in(args.out) if args.out is not None else None
         if pipeline is not None:
             return _resume_pipeline(args.out, pipeline, not args.no_progress, environ)
         return _resume_flag(args)
-    options = {**vars(args), **_paper_training(args)}
+    options = _training_options(args)
     config = ClassifierConfig(
         dataset=args.dataset, data_dir=str(resolve_data_dir(args.dataset, args.data_dir, environ)),
         download=not args.dry_run, model=args.model, method=args.method,
@@ -179,8 +193,8 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
         train=TrainConfig(
             epochs=args.epochs, steps=DRY_RUN_STEPS if args.dry_run else options["steps"],
             batch_size=options["batch_size"], lr=options["lr"], synth_lr=options["synth_lr"],
-            decoupled_lr=args.decoupled_lr or default_decoupled_lr(args.method), optimizer=options["optimizer"],
-            lr_schedule=options["lr_schedule"], update_prob=args.update_prob, use_context=args.method == "cdni",
+            decoupled_lr=options["decoupled_lr"], optimizer=options["optimizer"], lr_schedule=options["lr_schedule"],
+            warmup_steps=options["warmup_steps"], update_prob=args.update_prob, use_context=args.method == "cdni",
             seed=args.seed, device=resolve_device(args.device), progress=not args.no_progress,
             log_every=args.log_every, checkpoint_every=args.checkpoint_every, on_divergence=args.on_divergence,
         ),

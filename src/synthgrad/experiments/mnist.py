@@ -46,15 +46,26 @@ DNI_DECOUPLED_LR = 3e-5
 
 
 PAPER_TRAINING = {"optimizer": "adam", "lr": 3e-5, "synth_lr": 3e-5, "batch_size": 256, "steps": 500_000,
-                  "lr_schedule": "constant"}
+                  "lr_schedule": "constant", "warmup_steps": 0}
 """The paper's optimisation for its feed-forward experiments (section 3.1): Adam at 3e-5, batch 256,
 500k iterations. Our defaults (Adam 1e-3 with a cosine schedule, batch 128, 10 epochs) reach the same
 accuracies in 1/100 of the steps on the MLPs, which is what a 2-core CPU allows."""
 
+CONV_TRAINING = {"synth_lr": 1e-4, "warmup_steps": 50}
+"""Defaults of the CNNs (``cnn``, ``cnn3``, ``cnn4``), for every method. A conv synthesizer's output layer
+sums 5x5 x channels inputs, so Adam's first steps at 1e-3 make its outputs about 100 times the size of
+its targets (synthesizer loss ~1000 after 20 steps), and the blocks below follow that noise. Measured on
+``--model cnn --method cdni`` after 1 epoch (seed 0; backprop 98.68%): synthesizer lr 1e-3 95.74%,
+1e-4 97.68%, 1e-3 with 50 warm-up steps 97.75%, 1e-4 with 50 warm-up steps 98.24%."""
 
-def default_decoupled_lr(method: str) -> Optional[float]:
-    """``TrainConfig.decoupled_lr`` for ``method``: slower decoupled blocks for DNI, ``lr`` otherwise."""
-    return DNI_DECOUPLED_LR if method == "dni" else None
+
+def training_defaults(model: str, method: str) -> dict[str, Any]:
+    """``TrainConfig`` fields whose defaults depend on the model and method: slower decoupled blocks for
+    DNI (``DNI_DECOUPLED_LR``), gentler synthesizer training for the CNNs (``CONV_TRAINING``)."""
+    defaults: dict[str, Any] = {"decoupled_lr": DNI_DECOUPLED_LR} if method == "dni" else {}
+    if model not in MLP_MODELS:
+        defaults.update(CONV_TRAINING)
+    return defaults
 
 
 @dataclass
