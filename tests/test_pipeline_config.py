@@ -11,7 +11,7 @@ from synthgrad.trainer import TrainConfig
 
 HONOURED = {
     "epochs", "steps", "batch_size", "seed", "device", "progress", "num_classes", "use_context",  # the data and run
-    "lr", "synth_lr", "decoupled_lr", "optimizer", "momentum", "lr_schedule",  # each stage's optimizers
+    "lr", "synth_lr", "decoupled_lr", "optimizer", "momentum", "lr_schedule", "warmup_steps",  # the optimizers
     "synth_every", "stats_every",  # the unlocked plan and its measurements (test_pipeline_runtime)
     "eval_every", "log_every", "checkpoint_every", "keep_checkpoints",  # the segments
     "on_divergence",  # "stop": every rank stops at the first non-finite interval (test_pipeline_runtime)
