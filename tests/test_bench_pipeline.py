@@ -3,7 +3,7 @@ import json
 
 from synthgrad.bench.pipeline import PipelineBenchConfig, run_pipeline
 from synthgrad.cli import main
-from synthgrad.cli.bench import _bench_pipeline_command, _bench_rnn_command, reproducing_command
+from synthgrad.cli.bench import _PIPELINE_OPTIONS, _bench_rnn_command, _command_line, reproducing_command
 from synthgrad.cli.main import build_parser
 
 
@@ -41,6 +41,9 @@ def test_bench_pipeline_needs_two_stages(tmp_path, capsys):
 
 
 def test_the_recorded_command_is_rebuilt_from_the_parsed_options_like_the_other_benchmarks():
+    def _bench_pipeline_command(args):
+        return _command_line("pipeline", args, _PIPELINE_OPTIONS)
+
     args = build_parser().parse_args(["bench", "pipeline", "--no-progress", "--repeats", "3", "--out", "/tmp/b"])
     assert _bench_pipeline_command(args) == (
         "synthgrad bench pipeline --epochs 3 --layers 7 --width 256 --batch-size 128 --stages 2 --micro-batches 4 "

@@ -194,7 +194,7 @@ def format_table(results: dict[str, Any]) -> str:
     def percent(value: Optional[float]) -> str:
         return "–" if value is None else f"{100 * value:.2f}"
 
-    # only the command line and the table, so benchmarks/update_readme.py can replace it in the README
+    # only the command line and the table, so `synthgrad bench readme` can replace it in the README
     lines = [f"Made by `{results['command']}`.", "",
              f"| schedule | processes | samples/s (vs backprop) | test acc % after {results['equal_wall_seconds']:.1f} s "
              f"| s to {100 * config['target_acc']:g}% | test acc % after {config['epochs']} epochs |",

@@ -1,9 +1,12 @@
-"""What every benchmark writes: ``results.json`` and a markdown table headed by the command that made it."""
+"""What the benchmarks share: their grid options checked, medians over seeds, and what every benchmark
+writes: ``results.json`` and a markdown table headed by the command that made it."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from synthgrad.errors import SynthgradError
 from synthgrad.metrics import write_json
 
 RESULTS_FILE = "results.json"
@@ -24,3 +27,18 @@ def write_report(out_dir: Path, name: str, command: str, results: dict[str, Any]
     path = out_dir / f"{name}.md"
     path.write_text("\n".join([f"Made by `{command}`.", "", *[section.rstrip("\n") + "\n" for section in sections]]))
     return path
+
+
+def check_choices(option: str, chosen: Sequence[str], allowed: Sequence[str]) -> None:
+    """Raise a one-line ``SynthgradError`` naming ``--<option>`` unless ``chosen`` is a non-empty selection
+    from ``allowed``."""
+    unknown = [value for value in chosen if value not in allowed]
+    if unknown or not chosen:
+        raise SynthgradError(f"--{option} {' '.join(chosen) or '(none)'}: choose from {', '.join(allowed)}")
+
+
+def seed_medians(summaries: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """For each of ``keys``: ``key`` -> its value in every summary (one per seed, in order) and
+    ``key_median`` -> their median."""
+    values = {key: [summary[key] for summary in summaries] for key in keys}
+    return {**values, **{f"{key}_median": statistics.median(values[key]) for key in keys}}

@@ -2,9 +2,9 @@
 
 Jaderberg et al. 2017, section 3.1: fully connected nets of 3 to 6 layers and CNNs of 3 and 4 layers on
 MNIST and CIFAR-10, each trained with backprop, without backprop below the output layer, with DNI and with
-cDNI; the table reports test error %. Each cell is one ``run_experiment`` per seed in its own run
-directory, so an interrupted grid resumes: finished cells are read back, a cell cut short continues from
-its newest checkpoint.
+cDNI; the table reports test error %. Each cell is one run per seed in its own run directory
+(``synthgrad.bench.cells``), so an interrupted grid resumes: finished cells are read back, a cell cut short
+continues from its newest checkpoint.
 """
 from __future__ import annotations
 
@@ -13,20 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tqdm.auto import tqdm
-
-from synthgrad.bench.report import markdown_table, write_report
-from synthgrad.checkpoints import load_latest_checkpoint
+from synthgrad.bench.cells import run_cells
+from synthgrad.bench.report import check_choices, markdown_table, write_report
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.mnist import (
     CNN_PRESETS,
     DRY_RUN_STEPS,
     FCN_PRESETS,
     ClassifierConfig,
-    run_experiment,
     training_defaults,
 )
-from synthgrad.metrics import SUMMARY_FILE, clear_run_files, read_json
 from synthgrad.plots import plot_test_error_curves
 from synthgrad.trainer import TrainConfig
 
@@ -71,9 +67,7 @@ class Table1Config:
         for name, chosen, allowed in (("datasets", self.datasets, TABLE1_DATASETS + ("fashion-mnist",)),
                                       ("models", self.models, TABLE1_MODELS),
                                       ("methods", self.methods, TABLE1_METHODS)):
-            unknown = [value for value in chosen if value not in allowed]
-            if unknown or not chosen:
-                raise SynthgradError(f"--{name} {' '.join(chosen) or '(none)'}: choose from {', '.join(allowed)}")
+            check_choices(name, chosen, allowed)
         missing = [dataset for dataset in self.datasets if dataset not in self.data_dirs]
         if missing:
             raise SynthgradError(f"no data directory given for {', '.join(missing)}")
@@ -98,13 +92,8 @@ def run_table1(config: Table1Config, out_dir: Path, *, command: str,
     and the median minutes of training."""
     cells = [(dataset, model, method, seed) for dataset in config.datasets for model in config.models
              for method in config.methods for seed in config.seeds]
-    summaries: dict[tuple[str, str, str, int], dict[str, Any]] = {}
-    progress = tqdm(cells, unit="cell", disable=not config.progress, dynamic_ncols=True)
-    for cell in progress:
-        dataset, model, method, seed = cell
-        progress.set_description(f"{dataset} {model} {method} seed {seed}")
-        summaries[cell] = _run_cell(config.cell_config(*cell), _cell_dir(out_dir, *cell), on_note)
-    progress.close()
+    summaries = run_cells(cells, config.cell_config, lambda *cell: _cell_dir(out_dir, *cell), on_note=on_note,
+                          progress=config.progress)
 
     results: dict[str, Any] = {"cells": {}}
     for dataset in config.datasets:
@@ -131,16 +120,6 @@ def run_table1(config: Table1Config, out_dir: Path, *, command: str,
 
 def _cell_dir(out_dir: Path, dataset: str, model: str, method: str, seed: int) -> Path:
     return out_dir / dataset / f"{model}-{method}-seed{seed}"
-
-
-def _run_cell(config: ClassifierConfig, run_dir: Path, on_note: Callable[[str], None]) -> dict[str, Any]:
-    """A finished cell's summary, or the cell trained now (continued from its newest checkpoint, if any)."""
-    if (run_dir / SUMMARY_FILE).is_file():
-        return read_json(run_dir / SUMMARY_FILE)
-    resume = load_latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if resume is None and run_dir.is_dir():
-        clear_run_files(run_dir)  # cut short before its first checkpoint: start it again
-    return run_experiment(config, run_dir, on_note=on_note, resume=resume)
 
 
 def _tables(config: Table1Config, cells: dict[str, Any], dataset: str) -> str:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -41,6 +42,9 @@ def add_bench_parser(commands: Any) -> None:
     table1.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_bench_rnn_parser(benchmarks)
     add_bench_pipeline_parser(benchmarks)
+    add_bench_gist_parser(benchmarks)
+    add_bench_methods_parser(benchmarks)
+    add_bench_readme_parser(benchmarks)
 
 
 def _method_and_truncation(text: str) -> tuple[str, int]:
@@ -73,6 +77,52 @@ def add_bench_pipeline_parser(bench_commands: Any) -> None:
                        "(on a shared machine the others measure the other jobs too)")
     bench.add_argument("--dry-run", action="store_true", help="a few steps each on stand-in data")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _mnist_bench_parser(bench_commands: Any, name: str, help: str, seeds: Sequence[int]) -> argparse.ArgumentParser:
+    """The sub-parser of an MNIST classifier bench, with what every such bench takes: ``--out``,
+    ``--data-dir``, ``--seeds``, ``--dry-run`` and ``--no-progress``."""
+    bench = bench_commands.add_parser(name, help=help)
+    bench.add_argument("--out", type=Path, default=Path(f"runs/bench-{name}"),
+                       help=f"where the cells' run directories, results.json and {name}.md go; finished cells are "
+                       f"skipped (default runs/bench-{name})")
+    bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
+    bench.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
+                       help=f"one run per seed; the table shows the median (default {' '.join(map(str, seeds))})")
+    bench.add_argument("--dry-run", action="store_true", help="a few steps per cell on at most 1024 examples")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return bench
+
+
+def add_bench_gist_parser(bench_commands: Any) -> None:
+    from synthgrad.bench.gist import GIST_METHODS, GistBenchConfig
+
+    defaults = GistBenchConfig()
+    bench = _mnist_bench_parser(bench_commands, "gist", "the seed gist's experiment over seeds: backprop, DNI and "
+                                "cDNI, test accuracy after 1000 iterations and training seconds", defaults.seeds)
+    bench.add_argument("--methods", nargs="+", default=list(defaults.methods),
+                       help=f"default all: {' '.join(GIST_METHODS)}")
+
+
+def add_bench_methods_parser(bench_commands: Any) -> None:
+    from synthgrad.bench.methods import TIME_REFERENCE, VARIANTS, MethodsBenchConfig
+
+    defaults = MethodsBenchConfig()
+    bench = _mnist_bench_parser(bench_commands, "methods", "backprop, DNI and cDNI on the default MNIST MLP: "
+                                "accuracy, seconds per epoch and synthetic-gradient cosine", defaults.seeds)
+    bench.add_argument("--variants", nargs="+", default=list(defaults.variants),
+                       help=f"rows, default all: {' '.join(VARIANTS)}; {TIME_REFERENCE} always runs, as the time "
+                       "reference")
+    bench.add_argument("--epochs", type=positive(int), default=defaults.epochs)
+    bench.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
+
+
+def add_bench_readme_parser(bench_commands: Any) -> None:
+    bench = bench_commands.add_parser("readme", help="copy the tables in benchmarks/results/ into the README "
+                                      "between their <!-- name --> and <!-- /name --> markers")
+    bench.add_argument("--readme", type=Path, default=Path("README.md"), help="the README to fill (default README.md)")
+    bench.add_argument("--results", type=Path, default=Path("benchmarks/results"),
+                       help="directory of <name>.md tables (default benchmarks/results)")
 
 
 def add_bench_rnn_parser(bench_commands: Any) -> None:
@@ -115,7 +165,7 @@ def _bench_table1(args: argparse.Namespace, environ: dict[str, str]) -> None:
         ("--datasets", args.datasets), ("--models", args.models), ("--methods", args.methods), ("--seeds", args.seeds),
         ("--epochs", args.epochs), ("--batch-size", args.batch_size),
         ("--device", None if args.device == "auto" else args.device), ("--out", args.out), ("--dry-run", args.dry_run)])
-    run_table1(config, args.out, command=command, on_note=lambda note: tqdm.write(note, file=sys.stderr))
+    run_table1(config, args.out, command=command, on_note=_note)
     print((args.out / "table1.md").read_text())
 
 
@@ -147,13 +197,16 @@ def _bench_rnn_command(args: argparse.Namespace) -> str:
         ("--out", args.out), ("--dry-run", args.dry_run)])
 
 
-def _bench_pipeline_command(args: argparse.Namespace) -> str:
-    """The ``synthgrad bench pipeline`` command line that reproduces ``args``, for the table's first line."""
-    return reproducing_command("pipeline", [
-        ("--epochs", args.epochs), ("--layers", args.layers), ("--width", args.width),
-        ("--batch-size", args.batch_size), ("--stages", args.stages), ("--micro-batches", args.micro_batches),
-        ("--max-staleness", args.max_staleness), ("--seed", args.seed), ("--repeats", args.repeats),
-        ("--data-dir", args.data_dir), ("--out", args.out), ("--dry-run", args.dry_run)])
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """One torch thread while active: the runs of the rnn and gist benches are too small for a second one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
@@ -164,12 +217,8 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
                             truncations=tuple(args.truncations), methods=tuple(args.methods),
                             lm_runs=tuple(args.lm_runs),
                             dry_run=args.dry_run, progress=not args.no_progress)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_thread():
         results = run_rnn(config, args.out, command=_bench_rnn_command(args))
-    finally:
-        torch.set_num_threads(threads)
     print(results["table"])
     print(f"written: {', '.join(results['files'])}")
 
@@ -183,9 +232,61 @@ def _bench_pipeline(args: argparse.Namespace, environ: dict[str, str]) -> None:
         data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)), layers=args.layers, width=args.width,
         epochs=args.epochs, batch_size=args.batch_size, num_stages=args.stages, micro_batches=args.micro_batches,
         max_staleness=args.max_staleness, seed=args.seed, repeats=args.repeats, dry_run=args.dry_run)
-    run_pipeline(config, args.out, command=_bench_pipeline_command(args), progress=not args.no_progress)
+    command = _command_line("pipeline", args, _PIPELINE_OPTIONS)
+    run_pipeline(config, args.out, command=command, progress=not args.no_progress)
     print((args.out / TABLE_FILE).read_text())
 
 
-BENCHMARKS = {"table1": _bench_table1, "rnn": _bench_rnn, "pipeline": _bench_pipeline}
+_PIPELINE_OPTIONS = ("epochs", "layers", "width", "batch_size", "stages", "micro_batches", "max_staleness", "seed",
+                     "repeats", "data_dir", "out")
+"""What ``synthgrad bench pipeline`` records of its options (all but ``--no-progress``)."""
+
+
+def _command_line(benchmark: str, args: argparse.Namespace, options: Sequence[str]) -> str:
+    """``synthgrad bench <benchmark>`` with the value of every option in ``options`` (``args`` attribute
+    names) as parsed, then ``--dry-run`` if set: the command that reproduces ``args``, for a table's first
+    line (``reproducing_command`` writes it: an option whose value is ``None`` is left out)."""
+    return reproducing_command(benchmark, [*(("--" + name.replace("_", "-"), getattr(args, name)) for name in options),
+                                           ("--dry-run", args.dry_run)])
+
+
+def _note(note: str) -> None:
+    tqdm.write(note, file=sys.stderr)
+
+
+def _bench_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    from synthgrad.bench.gist import GistBenchConfig, run_gist
+
+    config = GistBenchConfig(data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)),
+                             methods=tuple(args.methods), seeds=tuple(args.seeds), dry_run=args.dry_run,
+                             progress=not args.no_progress)
+    with _one_thread():  # as ``synthgrad gist``: batches of 10 through a 784-100-10 net
+        run_gist(config, args.out, command=_command_line("gist", args, ("methods", "seeds", "out")), on_note=_note)
+    print((args.out / "gist.md").read_text())
+
+
+def _bench_methods(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    from synthgrad.bench.methods import MethodsBenchConfig, run_methods
+
+    config = MethodsBenchConfig(data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)),
+                                variants=tuple(args.variants), seeds=tuple(args.seeds), epochs=args.epochs,
+                                batch_size=args.batch_size, dry_run=args.dry_run, progress=not args.no_progress)
+    command = _command_line("methods", args, ("variants", "seeds", "epochs", "batch_size", "out"))
+    run_methods(config, args.out, command=command, on_note=_note)
+    print((args.out / "methods.md").read_text())
+
+
+def _bench_readme(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    from synthgrad.bench.readme import update_readme
+
+    update = update_readme(args.readme, args.results)
+    print(f"{args.readme}: filled {', '.join(update.filled) or 'no section'}")
+    if update.missing_tables:
+        print(f"no table in {args.results} for: {', '.join(update.missing_tables)}", file=sys.stderr)
+    if update.unused_tables:
+        print(f"not in {args.readme}: {', '.join(update.unused_tables)}", file=sys.stderr)
+
+
+BENCHMARKS = {"table1": _bench_table1, "rnn": _bench_rnn, "pipeline": _bench_pipeline, "gist": _bench_gist,
+              "methods": _bench_methods, "readme": _bench_readme}
 """``synthgrad bench <name>``: one function per benchmark module in ``synthgrad/bench/``."""

@@ -36,8 +36,9 @@ DATASETS = DATASET_NAMES
 DRY_RUN_STEPS = 3
 CDNI_SYNTH_RANK = 32
 """Rank of the default MLP's cDNI synthesizers (``None``: the paper's full linear map). Measured on the
-default MLP after 10 epochs: the same 98.42% test accuracy and cosine 0.70 at every cut as the full map,
-in 85% of its training time."""
+default MLP after 10 epochs (``synthgrad bench methods --seeds 0 1 2``, benchmarks/results/mnist_methods.md):
+98.49% test accuracy against the full map's 98.56%, the same cosine of ~0.7 at every cut, in 82% of its
+training time."""
 DNI_DECOUPLED_LR = 3e-5
 """Default learning rate of the blocks below the top cut under unconditioned DNI (the top block keeps
 ``lr``; 3e-5 is also the paper's Adam rate). Measured on the default MLP after 10 epochs (seed 0):
