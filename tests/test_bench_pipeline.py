@@ -3,6 +3,8 @@ import json
 
 from synthgrad.bench.pipeline import PipelineBenchConfig, run_pipeline
 from synthgrad.cli import main
+from synthgrad.cli.bench import _PIPELINE_OPTIONS, _bench_rnn_command, _command_line, reproducing_command
+from synthgrad.cli.main import build_parser
 
 
 def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
@@ -36,3 +38,21 @@ def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
 def test_bench_pipeline_needs_two_stages(tmp_path, capsys):
     assert main(["bench", "pipeline", "--stages", "1", "--dry-run", "--out", str(tmp_path)], environ={}) == 2
     assert "--stages 1: the benchmark compares pipelines of at least 2 stages" in capsys.readouterr().err
+
+
+def test_the_recorded_command_is_rebuilt_from_the_parsed_options_like_the_other_benchmarks():
+    def _bench_pipeline_command(args):
+        return _command_line("pipeline", args, _PIPELINE_OPTIONS)
+
+    args = build_parser().parse_args(["bench", "pipeline", "--no-progress", "--repeats", "3", "--out", "/tmp/b"])
+    assert _bench_pipeline_command(args) == (
+        "synthgrad bench pipeline --epochs 3 --layers 7 --width 256 --batch-size 128 --stages 2 --micro-batches 4 "
+        "--max-staleness 1 --seed 0 --repeats 3 --out /tmp/b")  # whatever sys.argv holds
+    args = build_parser().parse_args(["bench", "pipeline", "--dry-run", "--data-dir", "d", "--max-staleness", "0"])
+    assert _bench_pipeline_command(args).endswith("--max-staleness 0 --seed 0 --repeats 1 --data-dir d "
+                                                  "--out runs/bench-pipeline --dry-run")
+    args = build_parser().parse_args(["bench", "rnn", "--skip-lm", "--tasks", "--truncations", "4"])
+    assert _bench_rnn_command(args) == ("synthgrad bench rnn --tasks --truncations 4 --methods bptt dni dni-aux "
+                                        "--steps 20000 --skip-lm --seed 0 --out runs/bench-rnn")
+    assert reproducing_command("x", [("--a", None), ("--b", False), ("--c", True), ("--d", (1, 2)), ("--e", 0)]) == (
+        "synthgrad bench x --c --d 1 2 --e 0")

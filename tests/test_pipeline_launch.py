@@ -1,14 +1,20 @@
-"""``synthgrad train --stages K``: bad input is refused before any process starts, with one line."""
+"""``synthgrad train --stages K``: bad input is refused before any process starts, with one line; Ctrl-C
+stops every rank at one step with a checkpoint of each stage."""
 import multiprocessing
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from synthgrad.cli import main
 from synthgrad.errors import SynthgradError
 from synthgrad.pipeline.launch import FAILED_STATUS, _describe_exit, _wait, check_port, free_port
+from synthgrad.pipeline.runtime import checkpoint_steps
 
 DRY = ["train", "--dry-run", "--no-progress"]
 
@@ -20,6 +26,7 @@ DRY = ["train", "--dry-run", "--no-progress"]
     (["--stages", "2", "--schedule", "gpipe"], "--schedule gpipe is exact backprop"),
     (["--stages", "2", "--method", "backprop", "--micro-batches", "3"], "--micro-batches 3 must divide --batch-size 128"),
     (["--stages", "2", "--micro-batches", "2"], "--micro-batches is for lockstep, gpipe and 1f1b"),
+    (["--stages", "2", "--on-divergence", "skip"], "--on-divergence skip is for one process"),
 ])
 def test_bad_pipeline_options_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert main([*DRY, *args, "--out", str(tmp_path / "run")], environ={}) == 2
@@ -59,3 +66,31 @@ def test_the_launcher_kills_a_rank_that_outlives_a_failure_by_the_grace_period()
     assert time.monotonic() - started < 30
     assert [_describe_exit(process.exitcode) for process in (hung, failed)] == [
         "was killed by SIGKILL", "exited with status 4 because another rank failed"]
+
+
+def test_ctrl_c_stops_every_rank_at_one_step_with_checkpoints_and_says_how_to_resume(tmp_path):
+    data = Path(os.environ.get("SYNTHGRAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"no MNIST in {data}; set SYNTHGRAD_DATA to the shared data directory")
+    run_dir = tmp_path / "run"
+    # its own session, so that the SIGINT below reaches the launcher and its ranks as a terminal's would
+    process = subprocess.Popen(
+        [sys.executable, "-m", "synthgrad.cli", "train", "--stages", "2", "--layers", "3", "--width", "32",
+         "--steps", "20000", "--log-every", "10", "--checkpoint-every", "0", "--no-progress", "--out", str(run_dir)],
+        env={**os.environ, "SYNTHGRAD_DATA": str(data), "OMP_NUM_THREADS": "1"}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert "stopping every stage at the next logging step" in stderr
+    assert f"continue with: synthgrad resume {run_dir}" in stderr and "Traceback" not in stderr
+    (step,), (same,) = (checkpoint_steps(run_dir, rank) for rank in range(2))
+    assert step == same and 0 < step < 20000 and step % 10 == 0
+    assert f"interrupted at step {step}; checkpoint written to {run_dir}/stage-*/" in stderr

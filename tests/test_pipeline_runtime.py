@@ -1,4 +1,5 @@
-"""Pipelines of 2 gloo processes on loopback: exact lockstep gradients, faults, resume, mismatched ranks.
+"""Pipelines of 2 gloo processes on loopback: exact lockstep gradients, faults, resume, a stop on request,
+divergence, options of the training loop, mismatched ranks.
 
 Runs use the dry run's random stand-in images (an empty data directory), so each takes seconds.
 """
@@ -6,20 +7,23 @@ import copy
 import os
 import multiprocessing
 import signal
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
 
+from synthgrad.divergence import TrainingDiverged
 from synthgrad.experiments.mnist import ClassifierConfig, build_model, load_splits
 from synthgrad.metrics import read_metrics
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous
 from synthgrad.pipeline.launch import FAILED_STATUS, free_port, launch_local, rank_main
-from synthgrad.pipeline.runtime import stage_dir
+from synthgrad.pipeline.runtime import _lower_priority, checkpoint_steps, stage_dir
 from synthgrad.pipeline.stage import block_costs, partition, split_model
-from synthgrad.trainer import TrainConfig, epoch_order
+from synthgrad.trainer import TrainConfig, TrainingInterrupted, epoch_order
 
 
 def make_run(data_dir: Path, *, method="cdni", steps=400, timeout_s=20.0, seed=0, **train) -> PipelineRun:
@@ -53,6 +57,23 @@ def final_states(run_dir):
     return [torch.load(stage_dir(run_dir, rank) / "final.pt", weights_only=True)["stage"] for rank in range(2)]
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run that interrupted and resumed ones must end equal to."""
+    root = tmp_path_factory.mktemp("reference")
+    launch_local(make_run(root / "no-data"), root / "run")
+    return root / "run"
+
+
+def assert_same_run(resumed_dir, reference_dir):
+    for resumed, expected in zip(final_states(resumed_dir), final_states(reference_dir)):
+        for key in ("chain", "synthesizer"):
+            for name, value in expected.get(key, {}).items():
+                assert torch.equal(resumed[key][name], value), f"{key}.{name}"
+    steps = [record["step"] for record in read_metrics(resumed_dir)]
+    assert steps == [record["step"] for record in read_metrics(reference_dir)] and steps[-1] == 400
+
+
 def test_lockstep_gradients_equal_single_process_backprop(tmp_path):
     run = make_run(tmp_path / "no-data", method="backprop", steps=1, log_every=1, checkpoint_every=0,
                    optimizer="sgd", lr=1.0, lr_schedule="constant")
@@ -75,10 +96,8 @@ def test_lockstep_gradients_equal_single_process_backprop(tmp_path):
                          msg=lambda text: f"rank {rank} {name}: {text}")
 
 
-def test_a_killed_rank_stops_the_other_with_its_name_and_resume_continues_the_same_run(tmp_path, capfd):
+def test_a_killed_rank_stops_the_other_with_its_name_and_resume_continues_the_same_run(tmp_path, capfd, reference):
     run = make_run(tmp_path / "no-data")
-    launch_local(run, tmp_path / "reference")
-
     victim = tmp_path / "victim"
     processes = start_ranks([run, run], victim)
     wait_for([stage_dir(victim, rank) / "checkpoint-00000040.pt" for rank in range(2)], processes)
@@ -90,12 +109,46 @@ def test_a_killed_rank_stops_the_other_with_its_name_and_resume_continues_the_sa
     assert "synthgrad: rank 0: error: rank 1 closed its connection" in capfd.readouterr().err
 
     launch_local(run, victim, resume=True)
-    for resumed, reference in zip(final_states(victim), final_states(tmp_path / "reference")):
-        for key in ("chain", "synthesizer"):
-            for name, value in reference.get(key, {}).items():
-                assert torch.equal(resumed[key][name], value), f"{key}.{name}"
-    steps = [record["step"] for record in read_metrics(victim)]
-    assert steps == [record["step"] for record in read_metrics(tmp_path / "reference")] and steps[-1] == 400
+    assert_same_run(victim, reference)
+
+
+def test_a_stop_request_stops_every_rank_at_one_step_with_checkpoints_and_resume_continues(tmp_path, reference):
+    run = make_run(tmp_path / "no-data", checkpoint_every=0)
+    stopped = tmp_path / "stopped"
+    first_record = stopped / "metrics.jsonl"  # the request comes once training runs, as a Ctrl-C would
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        launch_local(run, stopped, stop_requested=first_record.exists)
+    step = interrupted.value.step
+    assert 0 < step < 400 and step % run.classifier.train.log_every == 0
+    assert interrupted.value.run_dir == stopped
+    assert [checkpoint_steps(stopped, rank) for rank in range(2)] == [[step], [step]]
+    assert [record["step"] for record in read_metrics(stopped)][-1] == step
+
+    launch_local(run, stopped, resume=True)
+    assert_same_run(stopped, reference)
+
+
+def test_stats_every_and_synth_every_are_honoured(tmp_path):
+    run = make_run(tmp_path / "no-data", steps=48, stats_every=16, synth_every=3, checkpoint_every=0)
+    summary = launch_local(run, tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
+    cut = next(key.rpartition("/")[2] for key in summary if key.startswith("sg/cos/"))
+    assert [record["step"] for record in records if f"sg/cos/{cut}" in record] == [16, 32, 48]
+    assert all(f"sg/staleness/{cut}" in record for record in records)
+    bottom, top = final_states(tmp_path / "run")
+    # Adam counts its steps: the synthesizer trained on steps 0, 3, ..., 45 only, the blocks on every step
+    assert bottom["synth_optimizer"]["state"][0]["step"] == 16
+    assert bottom["optimizer"]["state"][0]["step"] == top["optimizer"]["state"][0]["step"] == 48
+
+
+def test_a_non_finite_loss_stops_every_rank_before_any_checkpoint(tmp_path, capfd):
+    run = make_run(tmp_path / "no-data", optimizer="sgd", lr=1e30, checkpoint_every=8)
+    with pytest.raises(TrainingDiverged):
+        launch_local(run, tmp_path / "run")
+    err = capfd.readouterr().err
+    assert "synthgrad: rank 0: error: training diverged between steps 0 and 8: train/loss is nan" in err
+    assert "no checkpoint was written before it" in err and err.count("training diverged between") == 1
+    assert [checkpoint_steps(tmp_path / "run", rank) for rank in range(2)] == [[], []]
 
 
 def test_a_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, capfd):
@@ -124,3 +177,28 @@ def test_ranks_started_with_different_configurations_refuse_to_train(tmp_path, c
     err = capfd.readouterr().err
     assert "rank 1: classifier.train.seed (0 vs 1)" in err and err.count("different configurations") == 2
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread priorities are read from /proc (Linux)")
+def test_the_network_thread_alone_gets_the_lower_priority():
+    named, release = threading.Event(), threading.Event()
+    tids = []
+
+    def network_thread():
+        tids.append(threading.get_native_id())
+        Path(f"/proc/self/task/{tids[0]}/comm").write_text("gloo_tcp_test")
+        named.set()
+        release.wait(30)
+
+    thread = threading.Thread(target=network_thread)
+    thread.start()
+    try:
+        named.wait(30)
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        _lower_priority("gloo_tcp_test", 10)
+        _lower_priority("no such thread", 10)
+        assert os.getpriority(os.PRIO_PROCESS, tids[0]) == max(10, before)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread keeps its own
+    finally:
+        release.set()
+        thread.join()

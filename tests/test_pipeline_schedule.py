@@ -30,6 +30,22 @@ def test_unlocked_plan_trains_each_synthesizer_once_per_step_after_at_most_max_s
             simulate(plan)  # no deadlock
 
 
+def test_with_synth_every_only_those_steps_train_a_synthesizer_and_the_plan_still_drains():
+    steps = range(10, 21)
+    for max_staleness in (0, 1, 3):
+        plan = unlocked_plan(3, steps, max_staleness, synth_every=3)
+        for rank, actions in enumerate(plan):
+            assert [a.step for a in actions if a.op == FORWARD] == list(steps)
+            synths = [a.step for a in actions if a.op == SYNTH]
+            assert synths == ([] if rank == 2 else [12, 15, 18])
+        for values in staleness(plan)[:-1]:
+            assert max(values) <= max_staleness and min(values) >= 0
+        simulate(plan)
+    assert unlocked_plan(2, range(4), 1, synth_every=1) == unlocked_plan(2, range(4), 1)
+    with pytest.raises(ValueError, match="synth_every"):
+        unlocked_plan(2, range(4), 1, synth_every=0)
+
+
 def test_unlocked_plan_of_two_ranks_is_the_documented_one():
     plan = unlocked_plan(2, range(0, 4), max_staleness=1)
     assert [str(a) for a in plan[0]] == ["F0", "F1", "S0", "F2", "S1", "F3", "S2", "S3"]

@@ -8,6 +8,7 @@ from torch.testing import assert_close
 
 from oracle import ExactSynthesizer, backprop_reference, make_blocks
 from synthgrad import DecoupledSequential, LinearSynthesizer, SynthgradError
+from synthgrad.functional import synthesizer_loss
 from synthgrad.pipeline.stage import Stage, partition, split_model, stage_cut_model
 from synthgrad.trainer import TrainConfig
 
@@ -76,6 +77,42 @@ def test_the_synthesizer_learns_the_target_that_arrives():
     target = torch.randn(output.shape, generator=torch.Generator().manual_seed(3))
     losses = [bottom.train_synthesizer(output, None, target)[0].item() for _ in range(50)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def cdni_stages(seed=0):
+    torch.manual_seed(seed)
+    return stages(DecoupledSequential(make_blocks(), [None, LinearSynthesizer(16, context_dim=5), None]))
+
+
+def test_a_synthesizer_step_equals_autograd_of_its_loss_whether_or_not_it_is_measured():
+    x, y = batch(seed=2)
+    context = nn.functional.one_hot(y, 5).float()
+    target = torch.randn(8, 16, generator=torch.Generator().manual_seed(4))
+    (bottom, _), (unmeasured, _) = cdni_stages(), cdni_stages()
+    for stage in (bottom, unmeasured):
+        output = stage.forward_unlocked(x, context, None).output
+        with torch.no_grad():  # so that the prediction below is not zero
+            stage.synthesizer.net[-1].weight.copy_(torch.randn(16, 21, generator=torch.Generator().manual_seed(6)))
+    reference = copy.deepcopy(bottom.synthesizer)
+    synthesizer_loss(reference(output, context), target).backward()
+    torch.optim.SGD(reference.parameters(), lr=SGD.synth_lr).step()
+
+    measured = bottom.train_synthesizer(output, context, target)
+    assert unmeasured.train_synthesizer(output, context, target, measure=False) is None
+    assert measured.shape == (2,) and measured[0] > 0
+    for stage in (bottom, unmeasured):
+        for mine, theirs in zip(stage.synthesizer.parameters(), reference.parameters(), strict=True):
+            assert_close(mine, theirs)
+
+
+def test_without_an_input_target_a_stage_makes_the_same_update_and_sends_nothing_down():
+    _, y = batch(seed=3)
+    (_, top), (_, twin) = cdni_stages(), cdni_stages()
+    h = torch.randn(8, 16, generator=torch.Generator().manual_seed(5))
+    assert top.forward_unlocked(h, None, y).input_target is not None
+    assert twin.forward_unlocked(h, None, y, needs_input_target=False).input_target is None
+    for mine, theirs in zip(top.chain.parameters(), twin.chain.parameters(), strict=True):
+        assert_close(mine, theirs)
 
 
 def test_partition_balances_the_cost_of_contiguous_blocks():

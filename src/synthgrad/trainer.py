@@ -222,11 +222,13 @@ class _CutStatistics:
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on request (Ctrl-C) after writing a checkpoint at ``step`` to ``checkpoint``."""
+    """Training stopped on request (Ctrl-C) after writing a checkpoint at ``step`` to ``checkpoint``;
+    ``run_dir`` (default: the checkpoint's directory) is what ``synthgrad resume`` continues."""
 
-    def __init__(self, step: int, checkpoint: Path) -> None:
+    def __init__(self, step: int, checkpoint: Path, run_dir: Optional[Path] = None) -> None:
         super().__init__(f"interrupted at step {step}; checkpoint written to {checkpoint}")
         self.step, self.checkpoint = step, checkpoint
+        self.run_dir = Path(checkpoint).parent if run_dir is None else Path(run_dir)
 
 
 def _drop_block_updates(model: DecoupledSequential, generator: torch.Generator, update_prob: float) -> None:

@@ -127,9 +127,9 @@ def report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> N
 
 
 @contextlib.contextmanager
-def ctrl_c_requests_stop() -> Iterator[Callable[[], bool]]:
-    """While active, a first Ctrl-C asks training to stop after the current step (with a checkpoint);
-    a second one interrupts at once."""
+def ctrl_c_requests_stop(when: str = "after this step") -> Iterator[Callable[[], bool]]:
+    """While active, a first Ctrl-C asks training to stop ``when`` (with a checkpoint); a second one
+    interrupts at once."""
     requested = False
 
     def on_interrupt(signum: int, frame: Any) -> None:
@@ -137,7 +137,7 @@ def ctrl_c_requests_stop() -> Iterator[Callable[[], bool]]:
         if requested:
             raise KeyboardInterrupt
         requested = True
-        print("\nstopping after this step (Ctrl-C again to abort at once)", file=sys.stderr)
+        print(f"\nstopping {when} (Ctrl-C again to abort at once)", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:

@@ -161,11 +161,10 @@ def _bench_table1(args: argparse.Namespace, environ: dict[str, str]) -> None:
         seeds=tuple(args.seeds), epochs=args.epochs, device=resolve_device(args.device), dry_run=args.dry_run,
         progress=not args.no_progress, train_overrides={"batch_size": args.batch_size},
     )
-    command = " ".join([
-        "synthgrad bench table1", "--datasets", *args.datasets, "--models", *args.models, "--methods", *args.methods,
-        "--seeds", *map(str, args.seeds), *(["--epochs", str(args.epochs)] if args.epochs else []),
-        "--batch-size", str(args.batch_size), *(["--device", args.device] if args.device != "auto" else []),
-        "--out", str(args.out), *(["--dry-run"] if args.dry_run else [])])
+    command = reproducing_command("table1", [
+        ("--datasets", args.datasets), ("--models", args.models), ("--methods", args.methods), ("--seeds", args.seeds),
+        ("--epochs", args.epochs), ("--batch-size", args.batch_size),
+        ("--device", None if args.device == "auto" else args.device), ("--out", args.out), ("--dry-run", args.dry_run)])
     run_table1(config, args.out, command=command, on_note=_note)
     print((args.out / "table1.md").read_text())
 
@@ -174,15 +173,29 @@ def command_bench(args: argparse.Namespace, environ: dict[str, str]) -> None:
     BENCHMARKS[args.benchmark](args, environ)
 
 
+def reproducing_command(benchmark: str, options: Sequence[tuple[str, Any]]) -> str:
+    """The ``synthgrad bench <benchmark>`` command line that gives the parsed ``options`` again, for the
+    first line of its table: each ``(flag, value)`` in order, left out when the value is ``None`` or
+    ``False``, bare when ``True``, followed by the items of a list or tuple, else by the value."""
+    words = ["synthgrad", "bench", benchmark]
+    for flag, value in options:
+        if value is None or value is False:
+            continue
+        words.append(flag)
+        if value is not True:
+            words += map(str, value) if isinstance(value, (list, tuple)) else [str(value)]
+    return " ".join(words)
+
+
 def _bench_rnn_command(args: argparse.Namespace) -> str:
     """The ``synthgrad bench rnn`` command line that reproduces ``args``, for the table's first line."""
-    return " ".join([
-        "synthgrad bench rnn", "--tasks", *args.tasks, "--truncations", *map(str, args.truncations),
-        "--methods", *args.methods, "--steps", str(args.steps),
-        *(["--skip-lm"] if args.skip_lm else ["--lm-runs", *(f"{method}:{truncation}" for method, truncation
-                                                            in args.lm_runs), "--lm-steps", str(args.lm_steps)]),
-        *(["--text", str(args.text)] if args.text else []), "--seed", str(args.seed), "--out", str(args.out),
-        *(["--dry-run"] if args.dry_run else [])])
+    return reproducing_command("rnn", [
+        ("--tasks", args.tasks), ("--truncations", args.truncations), ("--methods", args.methods),
+        ("--steps", args.steps), ("--skip-lm", args.skip_lm),
+        ("--lm-runs", None if args.skip_lm else [f"{method}:{truncation}" for method, truncation in args.lm_runs]),
+        ("--lm-steps", None if args.skip_lm else args.lm_steps), ("--text", args.text), ("--seed", args.seed),
+        ("--out", args.out), ("--dry-run", args.dry_run)])
+
 
 
 @contextlib.contextmanager
@@ -219,20 +232,22 @@ def _bench_pipeline(args: argparse.Namespace, environ: dict[str, str]) -> None:
         data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)), layers=args.layers, width=args.width,
         epochs=args.epochs, batch_size=args.batch_size, num_stages=args.stages, micro_batches=args.micro_batches,
         max_staleness=args.max_staleness, seed=args.seed, repeats=args.repeats, dry_run=args.dry_run)
-    command = ("synthgrad bench pipeline " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["bench", "pipeline"]
-               else "synthgrad bench pipeline")
-    run_pipeline(config, args.out, command=command.strip(), progress=not args.no_progress)
+    command = _command_line("pipeline", args, _PIPELINE_OPTIONS)
+    run_pipeline(config, args.out, command=command, progress=not args.no_progress)
     print((args.out / TABLE_FILE).read_text())
+
+
+_PIPELINE_OPTIONS = ("epochs", "layers", "width", "batch_size", "stages", "micro_batches", "max_staleness", "seed",
+                     "repeats", "data_dir", "out")
+"""What ``synthgrad bench pipeline`` records of its options (all but ``--no-progress``)."""
 
 
 def _command_line(benchmark: str, args: argparse.Namespace, options: Sequence[str]) -> str:
     """``synthgrad bench <benchmark>`` with the value of every option in ``options`` (``args`` attribute
-    names) as parsed, then ``--dry-run`` if set: the command that reproduces ``args``, for a table's first line."""
-    parts = ["synthgrad bench", benchmark]
-    for name in options:
-        value = getattr(args, name)
-        parts += ["--" + name.replace("_", "-"), *map(str, value if isinstance(value, list) else [value])]
-    return " ".join(parts + (["--dry-run"] if args.dry_run else []))
+    names) as parsed, then ``--dry-run`` if set: the command that reproduces ``args``, for a table's first
+    line (``reproducing_command`` writes it: an option whose value is ``None`` is left out)."""
+    return reproducing_command(benchmark, [*(("--" + name.replace("_", "-"), getattr(args, name)) for name in options),
+                                           ("--dry-run", args.dry_run)])
 
 
 def _note(note: str) -> None:

@@ -226,16 +226,23 @@ def _train_pipeline(run: PipelineRun, out: Optional[Path], default_name: str, fo
     rendezvous = _torchrun_rendezvous(environ)
     if rendezvous is None:
         run_dir = out if resume else prepare_run_dir(out, default_name, force)
-        summary = launch_local(run, run_dir, port=port, resume=resume, on_record=print_epoch)
+        with ctrl_c_requests_stop(_PIPELINE_STOP) as stop_requested:
+            summary = launch_local(run, run_dir, port=port, resume=resume, on_record=print_epoch,
+                                   stop_requested=stop_requested)
         report(summary, run_dir, plot_run(run_dir))
         return
     if out is None:
         raise SynthgradError("under torchrun pass --out: every rank must write into the same run directory")
     run_dir = out if resume or rendezvous.rank != 0 else prepare_run_dir(out, default_name, force)
     run.classifier.train.progress = run.classifier.train.progress and rendezvous.rank == 0
-    summary = run_rank(run, rendezvous, run_dir, resume=resume, on_record=print_epoch)
+    with ctrl_c_requests_stop(_PIPELINE_STOP) as stop_requested:
+        summary = run_rank(run, rendezvous, run_dir, resume=resume, on_record=print_epoch, stop_requested=stop_requested)
     if summary is not None:
         report(summary, run_dir, plot_run(run_dir))
+
+
+_PIPELINE_STOP = "every stage at the next logging step"
+"""When a pipeline stops on Ctrl-C: the ranks agree at the end of every logging interval."""
 
 
 def _pipeline_run_in(run_dir: Path) -> Optional[PipelineRun]:

@@ -64,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
         COMMANDS[args.command](args, dict(os.environ) if environ is None else environ)
     except TrainingInterrupted as interrupted:
         print(f"synthgrad {args.command}: {interrupted}; continue with: synthgrad resume "
-              f"{interrupted.checkpoint.parent}", file=sys.stderr)
+              f"{interrupted.run_dir}", file=sys.stderr)
         return 130
     except PipelineFailure as error:
         print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)

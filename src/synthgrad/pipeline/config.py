@@ -11,6 +11,7 @@ from typing import Any
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.mnist import ClassifierConfig, build_model, classifier_config_from_dict
 from synthgrad.pipeline.stage import block_costs, partition
+from synthgrad.trainer import validate_train_config
 
 SCHEDULES = ("auto", "unlocked", "lockstep", "gpipe", "1f1b")
 """``unlocked``: update-unlocked DNI; ``lockstep``: exact pipelined backprop; ``gpipe``/``1f1b``:
@@ -81,6 +82,7 @@ def check_pipeline_run(run: PipelineRun, *, min_stages: int = 2) -> list[range]:
     returns the stages' block groups. ``min_stages=1`` admits the one-process run that benchmarks
     time single-process backprop with (the same clock as the pipelines')."""
     pipe, classifier = run.pipeline, run.classifier
+    validate_train_config(classifier.train)  # e.g. stats_every and synth_every, which the schedules honour
     if pipe.schedule not in SCHEDULES:
         raise SynthgradError(f"--schedule {pipe.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if pipe.num_stages < min_stages:
@@ -90,6 +92,10 @@ def check_pipeline_run(run: PipelineRun, *, min_stages: int = 2) -> list[range]:
         raise SynthgradError(f"--method {classifier.method} cannot be split into stages: use backprop, dni or cdni")
     if getattr(classifier, "forward_unlock", False) or getattr(classifier.train, "update_prob", 1.0) != 1.0:
         raise SynthgradError("--forward-unlock and --update-prob are for one process: leave them out with --stages")
+    if classifier.train.on_divergence != "stop":
+        raise SynthgradError(f"--on-divergence {classifier.train.on_divergence} is for one process: in a pipeline the "
+                             "stages below have updated before a non-finite loss is seen, so no step can be skipped; "
+                             "leave it out with --stages (every rank stops at the first non-finite interval)")
     schedule = resolve_schedule(run)
     if schedule == "unlocked" and classifier.method == "backprop":
         raise SynthgradError("--schedule unlocked needs synthesizers at the stage boundaries: "
@@ -107,9 +113,6 @@ def check_pipeline_run(run: PipelineRun, *, min_stages: int = 2) -> list[range]:
         raise SynthgradError(f"--max-staleness must be >= 0, got {pipe.max_staleness}")
     if pipe.timeout_s <= 0:
         raise SynthgradError(f"--timeout must be positive, got {pipe.timeout_s:g}")
-    if classifier.train.checkpoint_every % classifier.train.log_every:
-        raise SynthgradError(f"--checkpoint-every {classifier.train.checkpoint_every} must be a multiple of "
-                             f"--log-every {classifier.train.log_every}")
     return partition(block_costs(build_model(classifier)), pipe.num_stages)
 
 

@@ -3,8 +3,10 @@
 ``launch_local`` is what ``synthgrad train --stages K`` does: it checks the run, picks a free port (or
 checks the one given), starts one process per stage and waits. When one rank fails, the others exit on
 their own within their timeout (``synthgrad.pipeline.comm``); any still running ``timeout_s + 10`` s
-later (a hung rank cannot exit by itself) are killed, so the launch never hangs. Across machines,
-``torchrun`` takes this module's place (see the README).
+later (a hung rank cannot exit by itself) are killed, so the launch never hangs. A stop requested here
+(Ctrl-C) reaches the ranks through a shared event, not a signal: they ignore SIGINT, so that the one a
+terminal sends to every process cannot interrupt them mid-step; they stop together at the next logging
+step, each with a checkpoint. Across machines, ``torchrun`` takes this module's place (see the README).
 """
 from __future__ import annotations
 
@@ -20,14 +22,17 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from synthgrad.divergence import TrainingDiverged
 from synthgrad.errors import SynthgradError
 from synthgrad.metrics import SUMMARY_FILE
 from synthgrad.pipeline.comm import PipelineFailure
 from synthgrad.pipeline.config import PipelineRun, Rendezvous, check_pipeline_run
-from synthgrad.pipeline.runtime import run_rank
+from synthgrad.pipeline.runtime import checkpoint_steps, interrupted, run_rank
+from synthgrad.trainer import TrainingInterrupted
 
-BAD_INPUT_STATUS, FAILED_STATUS = 2, 4
-"""Exit status of a rank stopped by a bad configuration, and of one stopped by another rank's failure."""
+BAD_INPUT_STATUS, DIVERGED_STATUS, FAILED_STATUS, STOPPED_STATUS = 2, 3, 4, 5
+"""Exit status of a rank stopped by a bad configuration, by a non-finite loss, by another rank's failure,
+and on request (with a checkpoint)."""
 _GRACE_S = 10.0
 
 
@@ -50,13 +55,24 @@ def check_port(addr: str, port: int) -> None:
 
 
 def rank_main(run: PipelineRun, rendezvous: Rendezvous, run_dir: str, resume: bool,
-              on_record: Optional[Callable[[dict[str, Any]], None]]) -> None:
+              on_record: Optional[Callable[[dict[str, Any]], None]], stop: Optional[Any] = None) -> None:
     """The body of one rank's process: run it, print one line on failure, and exit with a status that
-    says what happened (0 done, 2 bad configuration, 4 another rank failed, 130 interrupted)."""
+    says what happened (0 done, 2 bad configuration, 3 diverged, 4 another rank failed, 5 stopped on
+    request, 130 interrupted). ``stop``, a ``multiprocessing`` event, requests the stop; with it the
+    rank ignores SIGINT."""
     prefix = f"synthgrad: rank {rendezvous.rank}"
     status = 0
+    if stop is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        run_rank(run, rendezvous, Path(run_dir), resume=resume, on_record=on_record if rendezvous.rank == 0 else None)
+        run_rank(run, rendezvous, Path(run_dir), resume=resume, on_record=on_record if rendezvous.rank == 0 else None,
+                 stop_requested=(lambda: False) if stop is None else stop.is_set)
+    except TrainingInterrupted:
+        status = STOPPED_STATUS
+    except TrainingDiverged as error:
+        if rendezvous.rank == 0:  # every rank has the same message
+            print(f"{prefix}: error: {error}", file=sys.stderr)
+        status = DIVERGED_STATUS
     except SynthgradError as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)
         status = BAD_INPUT_STATUS
@@ -75,11 +91,14 @@ def rank_main(run: PipelineRun, rendezvous: Rendezvous, run_dir: str, resume: bo
 
 
 def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None, addr: str = "127.0.0.1",
-                 resume: bool = False, on_record: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+                 resume: bool = False, on_record: Optional[Callable[[dict[str, Any]], None]] = None,
+                 stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Train ``run`` as ``run.pipeline.num_stages`` local processes; returns rank 0's summary.
 
-    Raises ``SynthgradError`` for a bad configuration (before any process starts when it can tell) and
-    ``PipelineFailure`` naming each rank that did not finish and how it ended.
+    Raises ``SynthgradError`` for a bad configuration (before any process starts when it can tell),
+    ``PipelineFailure`` naming each rank that did not finish and how it ended, ``TrainingDiverged`` when
+    a loss became non-finite, and ``TrainingInterrupted`` when ``stop_requested`` (asked every 50 ms)
+    said yes: every rank then stopped at the same logging step with a checkpoint of its stage.
     """
     check_pipeline_run(run, min_stages=1)
     if port is None:
@@ -87,9 +106,10 @@ def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None,
     else:
         check_port(addr, port)
     context = multiprocessing.get_context("spawn")
+    stop = context.Event()
     processes = [context.Process(target=rank_main, name=f"synthgrad-rank-{rank}",
                                  args=(run, Rendezvous(addr, port, rank, run.pipeline.num_stages), str(run_dir),
-                                       resume, on_record))
+                                       resume, on_record, stop))
                  for rank in range(run.pipeline.num_stages)]
     # a launcher stopped by SIGTERM (or Ctrl-C) takes its ranks with it instead of leaving them orphaned
     previous = (signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -97,7 +117,7 @@ def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None,
     try:
         for process in processes:
             process.start()
-        _wait(processes, run.pipeline.timeout_s + _GRACE_S)
+        _wait(processes, run.pipeline.timeout_s + _GRACE_S, on_tick=lambda: stop_requested() and stop.set())
     except BaseException:
         for process in processes:
             if process.pid is not None and process.exitcode is None:
@@ -107,6 +127,14 @@ def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None,
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     statuses = [process.exitcode for process in processes]
+    if all(status == STOPPED_STATUS for status in statuses):
+        # each rank wrote its checkpoint of the step they stopped at: the newest step they all have
+        steps = set.intersection(*(set(checkpoint_steps(Path(run_dir), rank)) for rank in range(len(processes))))
+        if steps:
+            raise interrupted(run_dir, max(steps))
+    if any(status == DIVERGED_STATUS for status in statuses):
+        raise TrainingDiverged(f"training diverged (rank 0's message above names the steps and the last good "
+                               f"checkpoint in {run_dir})")
     if any(status == BAD_INPUT_STATUS for status in statuses):
         raise SynthgradError(f"rank {statuses.index(BAD_INPUT_STATUS)} stopped on a bad configuration (its message "
                              "is above)")
@@ -120,10 +148,12 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _wait(processes: list, grace_s: float) -> None:
-    """Wait for every process; once one has failed, give the rest ``grace_s`` seconds, then kill them."""
+def _wait(processes: list, grace_s: float, on_tick: Callable[[], Any] = lambda: None) -> None:
+    """Wait for every process, calling ``on_tick`` every 50 ms; once one has failed, give the rest
+    ``grace_s`` seconds, then kill them."""
     failed_at: Optional[float] = None
     while any(process.exitcode is None for process in processes):
+        on_tick()
         if failed_at is None and any(process.exitcode not in (None, 0) for process in processes):
             failed_at = time.monotonic()
         if failed_at is not None and time.monotonic() - failed_at > grace_s:
@@ -138,5 +168,6 @@ def _describe_exit(status: int) -> str:
     if status < 0:
         name = signal.Signals(-status).name if -status in signal.Signals._value2member_map_ else str(-status)
         return f"was killed by {name}"
-    reason = {FAILED_STATUS: "because another rank failed", 130: "on Ctrl-C", 1: "on an unexpected error"}
+    reason = {FAILED_STATUS: "because another rank failed", STOPPED_STATUS: "on request, with a checkpoint",
+              DIVERGED_STATUS: "on a non-finite loss", 130: "on Ctrl-C", 1: "on an unexpected error"}
     return f"exited with status {status}" + (f" {reason[status]}" if status in reason else "")

@@ -7,9 +7,15 @@ and the per-stage checkpoints see every rank at the same step. Rank 0 writes the
 progress bar and the summary; the last rank computes the loss and the test accuracy and sends them
 to rank 0. Labels are not sent along the pipeline: every rank draws the same batch order from
 (seed, epoch), so each indexes the labels (the context of cDNI) itself.
+
+At every segment's end the ranks also agree, through rank 0, whether to go on: a stop requested on any
+rank (Ctrl-C) stops every rank at that step with a checkpoint of every stage (``TrainingInterrupted``),
+and a non-finite loss in the interval stops every rank before any checkpoint (``TrainingDiverged``).
 """
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -23,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from synthgrad.checkpoints import checkpoint_path, list_checkpoints, prune_checkpoints, save_atomically
+from synthgrad.divergence import TrainingDiverged
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.mnist import build_model, load_splits
 from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
@@ -35,11 +42,29 @@ from synthgrad.pipeline.config import (
     config_differences,
     resolve_schedule,
 )
-from synthgrad.pipeline.schedule import BACKWARD, FORWARD, SYNTH, UPDATE, lockstep_plan, unlocked_plan
+from synthgrad.pipeline.schedule import (
+    BACKWARD,
+    FORWARD,
+    SYNTH,
+    UPDATE,
+    lockstep_plan,
+    trains_synthesizer,
+    unlocked_plan,
+)
 from synthgrad.pipeline.stage import Stage, split_model
-from synthgrad.trainer import PROGRESS_KEYS, Split, epoch_order
+from synthgrad.trainer import PROGRESS_KEYS, Split, TrainingInterrupted, epoch_order
 
 EVAL_CHUNK = 1000
+NETWORK_THREAD_NICE = 10
+"""Scheduling priority (nice value, 0 to 19) of gloo's network thread, which moves every message of a
+CPU rank. It polls its sockets in a loop while this rank's compute thread holds the connection's lock
+(strace: ~80 wakeups per message); at the compute thread's own priority that spin took the core from
+the thread it waits for, 10-20% of each rank's processor time on a 2-core machine. At nice 10 it still
+runs at once when a message arrives, but gives the core back as soon as it spins. Measured on the
+benchmark's unlocked run (benchmarks/pipeline_cpu.py, shared machine): gloo's thread 10-13 -> 1-4 and
+each rank 54-62 -> 37-47 microseconds of processor time per sample."""
+_GO, _STOP, _DIVERGED = "go", "stop", "diverged"
+"""What rank 0 tells every rank at a segment's end: go on, stop on request, or stop on a non-finite loss."""
 
 
 def stage_dir(run_dir: Path, rank: int) -> Path:
@@ -47,14 +72,34 @@ def stage_dir(run_dir: Path, rank: int) -> Path:
     return Path(run_dir) / f"stage-{rank}"
 
 
+def checkpoint_steps(run_dir: Path, rank: int) -> list[int]:
+    """The steps rank ``rank`` has a checkpoint of in ``run_dir``, oldest first."""
+    directory = stage_dir(run_dir, rank)
+    return [step for step, _ in list_checkpoints(directory)] if directory.is_dir() else []
+
+
+def interrupted(run_dir: Path, step: int) -> TrainingInterrupted:
+    """What a pipeline run stopped on request at ``step`` raises: every stage wrote its checkpoint of
+    that step, and ``synthgrad resume run_dir`` continues from it."""
+    return TrainingInterrupted(step, checkpoint_path(Path(run_dir) / "stage-*", step), run_dir=run_dir)
+
+
+def _never() -> bool:
+    return False
+
+
 def run_rank(run: PipelineRun, rendezvous: Rendezvous, run_dir: Path, *, resume: bool = False,
-             on_record: Optional[Callable[[dict[str, Any]], None]] = None) -> Optional[dict[str, Any]]:
+             on_record: Optional[Callable[[dict[str, Any]], None]] = None,
+             stop_requested: Callable[[], bool] = _never) -> Optional[dict[str, Any]]:
     """Train rank ``rendezvous.rank``'s stage of ``run`` in this process; returns the summary on rank 0.
 
     Raises ``SynthgradError`` for a bad configuration (also when the ranks' configurations differ) and
     ``PipelineFailure``, naming the rank, when another rank dies or stops answering for
     ``run.pipeline.timeout_s`` seconds. ``resume`` continues from the newest step that every stage
-    has a checkpoint of. ``on_record`` sees every metrics record, on rank 0.
+    has a checkpoint of. ``on_record`` sees every metrics record, on rank 0. ``stop_requested`` is asked
+    at every logging step; once it says yes on any rank, every rank writes a checkpoint of that step
+    and raises ``TrainingInterrupted``. A non-finite training or synthesizer loss in a logging interval
+    raises ``TrainingDiverged`` on every rank (``on_divergence="stop"``), before any checkpoint of it.
     """
     groups = check_pipeline_run(run, min_stages=1)
     if rendezvous.world_size != run.pipeline.num_stages:
@@ -63,9 +108,11 @@ def run_rank(run: PipelineRun, rendezvous: Rendezvous, run_dir: Path, *, resume:
     torch.set_num_threads(run.pipeline.threads)
     device = torch.device("cuda", rendezvous.local_rank) if run.classifier.train.device == "cuda" else torch.device("cpu")
     _init_process_group(rendezvous, "nccl" if device.type == "cuda" else "gloo", run.pipeline.timeout_s)
+    if device.type == "cpu":
+        _lower_priority(_GLOO_NETWORK_THREAD, NETWORK_THREAD_NICE)
     channel = Channel(rendezvous.rank, rendezvous.world_size, run.pipeline.timeout_s, device)
     _check_same_config(channel, run)
-    summary = _RankTrainer(run, groups, channel, device, Path(run_dir), on_record).train(resume)
+    summary = _RankTrainer(run, groups, channel, device, Path(run_dir), on_record).train(resume, stop_requested)
     channel.flush()
     dist.destroy_process_group()
     return summary
@@ -84,6 +131,21 @@ def _init_process_group(rendezvous: Rendezvous, backend: str, timeout_s: float) 
         raise PipelineFailure(f"rank {rendezvous.rank} could not join the other {rendezvous.world_size - 1} at "
                               f"{where} within {timeout_s:g} s ({text.splitlines()[0][:160]}): check that every "
                               "rank started with the same address and port") from None
+
+
+_GLOO_NETWORK_THREAD = "gloo_tcp_loop"
+
+
+def _lower_priority(thread_name: str, nice: int) -> None:
+    """Give this process's threads called ``thread_name`` the scheduling priority ``nice`` (Linux, where
+    each thread has its own; elsewhere, or if the threads cannot be listed, nothing happens)."""
+    try:
+        tasks = [task for task in Path("/proc/self/task").iterdir()
+                 if (task / "comm").read_text().strip() == thread_name]
+        for task in tasks:
+            os.setpriority(os.PRIO_PROCESS, int(task.name), max(nice, os.getpriority(os.PRIO_PROCESS, int(task.name))))
+    except (OSError, AttributeError):  # no /proc, a thread that just ended, or no setpriority
+        pass
 
 
 def _check_same_config(channel: Channel, run: PipelineRun) -> None:
@@ -149,6 +211,7 @@ class _RankTrainer:
         self._torch_stepped = False
 
         self.best_acc, self.train_seconds, self.last_record = 0.0, 0.0, {}
+        self.checkpoint_step: Optional[int] = None  # the newest step checkpoint, for a divergence's message
         self._reset_interval()
 
     # data ------------------------------------------------------------------------------------------
@@ -164,7 +227,7 @@ class _RankTrainer:
     def _reset_interval(self) -> None:
         self.loss_sum, self.correct, self.seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
         self.sg_sum, self.sg_count = torch.zeros(2, device=self.device), 0
-        self.staleness_sum, self.staleness_max = 0, 0
+        self.synth_count, self.staleness_sum, self.staleness_max = 0, 0, 0
 
     def _count(self, logits: Tensor, labels: Tensor, loss: Tensor) -> None:
         self.loss_sum += loss * len(labels)
@@ -173,7 +236,7 @@ class _RankTrainer:
 
     # segments ----------------------------------------------------------------------------------------
 
-    def train(self, resume: bool) -> Optional[dict[str, Any]]:
+    def train(self, resume: bool, stop_requested: Callable[[], bool] = _never) -> Optional[dict[str, Any]]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:  # a new run: no checkpoint of an earlier one may be resumed from by mistake
             shutil.rmtree(stage_dir(self.run_dir, self.rank), ignore_errors=True)
@@ -194,16 +257,24 @@ class _RankTrainer:
                 started = time.perf_counter()
                 self._run_segment(range(start_step, stop), progress)
                 self.channel.flush()
-                gathered = self.channel.gather_objects(self._interval_stats())
+                gathered = self.channel.gather_objects((self._interval_stats(), stop_requested()))
                 self.train_seconds += time.perf_counter() - started
+                verdict, message = self._verdict(range(start_step, stop), gathered)
+                if verdict == _DIVERGED:
+                    raise TrainingDiverged(message)
                 is_eval = stop % eval_every == 0 or stop == self.total_steps
                 test = self._evaluate() if is_eval else None
                 if log is not None:
-                    self._write_record(log, stop, gathered, test, progress)
+                    self._write_record(log, stop, [stats for stats, _ in gathered], test, progress)
+                is_stopped = verdict == _STOP and stop < self.total_steps
                 checkpoint_every = self.train_config.checkpoint_every
-                if checkpoint_every and stop % checkpoint_every == 0 and stop < self.total_steps:
+                if is_stopped or (checkpoint_every and stop % checkpoint_every == 0 and stop < self.total_steps):
                     self._save(checkpoint_path(stage_dir(self.run_dir, self.rank), stop), stop)
                     prune_checkpoints(stage_dir(self.run_dir, self.rank), self.train_config.keep_checkpoints)
+                    self.checkpoint_step = stop
+                if is_stopped:
+                    self.channel.flush()  # e.g. the last rank's test accuracy, before this rank exits
+                    raise interrupted(self.run_dir, stop)
                 start_step = stop
         finally:
             progress.close()
@@ -213,14 +284,34 @@ class _RankTrainer:
         self.channel.broadcast_object(self.channel.gather_objects("done"))
         return self._summary() if self.rank == 0 else None
 
+    def _verdict(self, steps: range, gathered: list[tuple[dict[str, float], bool]]) -> tuple[str, Optional[str]]:
+        """Rank 0 decides from every rank's interval statistics and stop request whether every rank goes
+        on, stops on request or stops on divergence (with the message); every rank gets its decision."""
+        decision: tuple[str, Optional[str]] = (_GO, None)
+        if self.rank == 0:
+            bad = [f"{key} is {value}" for stats, _ in gathered for key, value in stats.items()
+                   if key.startswith(("train/loss", "sg/loss/")) and not math.isfinite(value)]
+            if bad:
+                checkpoint = (f"the last good checkpoint is step {self.checkpoint_step} of every stage in "
+                              f"{self.run_dir}" if self.checkpoint_step is not None
+                              else "no checkpoint was written before it")
+                decision = (_DIVERGED, f"training diverged between steps {steps.start} and {steps.stop}: "
+                                       f"{', '.join(bad)}; {checkpoint}")
+            elif any(requested for _, requested in gathered):
+                decision = (_STOP, None)
+        decision = self.channel.broadcast_object(decision)
+        self.channel.flush()  # every rank has the decision before any acts on it, e.g. by exiting
+        return decision
+
     def _run_segment(self, steps: range, progress: tqdm) -> None:
         if self.torch_schedule is not None:
             for step in steps:
                 self._torch_step(step)
                 progress.update()
             return
-        plan = (unlocked_plan(self.num_stages, steps, self.run.pipeline.max_staleness) if self.schedule == "unlocked"
-                else lockstep_plan(self.num_stages, steps, self.run.pipeline.micro_batches))
+        synth_every = self.train_config.synth_every
+        plan = (unlocked_plan(self.num_stages, steps, self.run.pipeline.max_staleness, synth_every)
+                if self.schedule == "unlocked" else lockstep_plan(self.num_stages, steps, self.run.pipeline.micro_batches))
         pending: dict[int, tuple[Tensor, Optional[Tensor], Callable[[], Tensor]]] = {}
         inputs = self._post_inputs(steps) if self.schedule == "unlocked" and not self.is_first else None
         last_forward = -1
@@ -231,9 +322,12 @@ class _RankTrainer:
                 progress.update()
             elif action.op == SYNTH:
                 output, context, target_arrived = pending.pop(action.step)
-                target = target_arrived()
-                self.sg_sum += self.stage.train_synthesizer(output, context, target)
-                self.sg_count += 1
+                measured = self.stage.train_synthesizer(output, context, target_arrived(),
+                                                        measure=self._is_measured(action.step))
+                if measured is not None:
+                    self.sg_sum += measured
+                    self.sg_count += 1
+                self.synth_count += 1
                 self.staleness_sum += last_forward - action.step
                 self.staleness_max = max(self.staleness_max, last_forward - action.step)
             elif action.op == FORWARD:
@@ -243,6 +337,14 @@ class _RankTrainer:
             elif action.op == UPDATE:
                 self.stage.update()
                 progress.update()
+
+    def _is_measured(self, step: int) -> bool:
+        """Whether the synthesizer's loss and cosine are measured on the target of ``step``: on every
+        ``stats_every``-th step and the last, as in one process (``TrainConfig.stats_every``). With
+        ``synth_every`` > 1 a target stands for the steps up to the next one that has a target."""
+        config = self.train_config
+        return any((covered + 1) % config.stats_every == 0 or covered + 1 == self.total_steps
+                   for covered in range(step, min(step + config.synth_every, self.total_steps)))
 
     def _post_inputs(self, steps: range) -> Iterator[Callable[[], Tensor]]:
         """The receives of a segment's input activations, each posted one step ahead of its use."""
@@ -259,12 +361,14 @@ class _RankTrainer:
         activation = self.train_inputs[index] if inputs is None else next(inputs)()
         context = self.train_contexts[index] if self.train_contexts is not None and not self.is_last else None
         labels = self.train_labels[index] if self.is_last else None
-        result = self.stage.forward_unlocked(activation, context, labels)
+        has_target = trains_synthesizer(step, self.train_config.synth_every)  # else no target goes down
+        result = self.stage.forward_unlocked(activation, context, labels, needs_input_target=has_target)
         if not self.is_last:
             self.channel.send(result.output, self.rank + 1, ACTIVATION)
-            # the target is received while this rank computes the next steps
-            pending[step] = (result.output, context, self.channel.post_recv(result.output.shape, self.rank + 1, TARGET))
-        if not self.is_first:
+            if has_target:  # the target is received while this rank computes the next steps
+                pending[step] = (result.output, context,
+                                 self.channel.post_recv(result.output.shape, self.rank + 1, TARGET))
+        if result.input_target is not None:
             self.channel.send(result.input_target, self.rank - 1, TARGET)
         if self.is_last:
             self._count(result.output, labels, result.loss)
@@ -335,11 +439,12 @@ class _RankTrainer:
         stats: dict[str, float] = {}
         if self.is_last and self.seen:
             stats.update({"train/loss": self.loss_sum.item() / self.seen, "train/acc": self.correct.item() / self.seen})
+        cut = self.modules.cut_name
         if self.sg_count:
-            cut = self.modules.cut_name
             stats.update({f"sg/loss/{cut}": self.sg_sum[0].item() / self.sg_count,
-                          f"sg/cos/{cut}": self.sg_sum[1].item() / self.sg_count,
-                          f"sg/staleness/{cut}": self.staleness_sum / self.sg_count,
+                          f"sg/cos/{cut}": self.sg_sum[1].item() / self.sg_count})
+        if self.synth_count:
+            stats.update({f"sg/staleness/{cut}": self.staleness_sum / self.synth_count,
                           f"sg/staleness_max/{cut}": self.staleness_max})
         self._reset_interval()
         return stats
@@ -399,17 +504,17 @@ class _RankTrainer:
 
     def _resume(self) -> int:
         """Load the newest step that every stage has a checkpoint of; returns it."""
-        directory = stage_dir(self.run_dir, self.rank)
-        steps = [step for step, _ in list_checkpoints(directory)] if directory.is_dir() else []
-        everyone = self.channel.gather_objects(steps)
+        everyone = self.channel.gather_objects(checkpoint_steps(self.run_dir, self.rank))
         common = sorted(set.intersection(*map(set, everyone))) if self.rank == 0 else []
         step = self.channel.broadcast_object(common[-1] if common else None)
         if step is None:
             raise SynthgradError(f"{self.run_dir} has no step with a checkpoint of every stage (the run stopped "
                                  "before its first one); start it again with --force")
+        directory = stage_dir(self.run_dir, self.rank)
         state = torch.load(checkpoint_path(directory, step), map_location=self.device, weights_only=True)
         self.stage.load_state_dict(state["stage"])
         torch.set_rng_state(state["rng"])
+        self.checkpoint_step = step
         if self.rank == 0:
             trainer = state["trainer"]
             self.best_acc, self.train_seconds = trainer["best_acc"], trainer["train_seconds"]

@@ -45,23 +45,35 @@ Plan = tuple[tuple[Action, ...], ...]
 """One ordered sequence of actions per rank."""
 
 
-def unlocked_plan(num_stages: int, steps: range, max_staleness: int) -> Plan:
+def unlocked_plan(num_stages: int, steps: range, max_staleness: int, synth_every: int = 1) -> Plan:
     """The update-unlocked plan for ``steps`` (one segment: every synthesizer has trained on every
-    target of the segment when it ends, so checkpoints and evaluation see a drained pipeline)."""
+    target of the segment when it ends, so checkpoints and evaluation see a drained pipeline).
+    Synthesizers train on the steps that are multiples of ``synth_every`` only (as ``TrainConfig.synth_every``
+    in one process); the other steps have no ``S``, and no target is sent for them."""
     _check(num_stages, steps)
     if max_staleness < 0:
         raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+    if synth_every < 1:
+        raise ValueError(f"synth_every must be >= 1, got {synth_every}")
     plan = []
     for rank in range(num_stages):
+        has_synthesizer = rank < num_stages - 1
         actions: list[Action] = []
         for step in steps:
             actions.append(Action(FORWARD, step))
-            if rank < num_stages - 1 and step - max_staleness >= steps.start:
-                actions.append(Action(SYNTH, step - max_staleness))
-        if rank < num_stages - 1:
-            actions += [Action(SYNTH, step) for step in steps[max(0, len(steps) - max_staleness):]]
+            earlier = step - max_staleness
+            if has_synthesizer and earlier >= steps.start and trains_synthesizer(earlier, synth_every):
+                actions.append(Action(SYNTH, earlier))
+        if has_synthesizer:
+            actions += [Action(SYNTH, step) for step in steps[max(0, len(steps) - max_staleness):]
+                        if trains_synthesizer(step, synth_every)]
         plan.append(tuple(actions))
     return tuple(plan)
+
+
+def trains_synthesizer(step: int, synth_every: int) -> bool:
+    """Whether the synthesizers train on the target of ``step`` (so the rank above sends it)."""
+    return step % synth_every == 0
 
 
 def lockstep_plan(num_stages: int, steps: range, micro_batches: int = 1) -> Plan:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from synthgrad.decoupled import DecoupledSequential
 from synthgrad.errors import SynthgradError
-from synthgrad.functional import gradient_cosine, synthesizer_loss
+from synthgrad.functional import gradient_cosine, synthesizer_loss, synthesizer_loss_grad
 from synthgrad.synthesizers import Synthesizer
 from synthgrad.trainer import TrainConfig, lr_factor
 
@@ -144,16 +144,19 @@ class Stage:
 
     # update-unlocked training ------------------------------------------------------------------
 
-    def forward_unlocked(self, activation: Tensor, context: Optional[Tensor], labels: Optional[Tensor]) -> ForwardResult:
+    def forward_unlocked(self, activation: Tensor, context: Optional[Tensor], labels: Optional[Tensor], *,
+                         needs_input_target: bool = True) -> ForwardResult:
         """Run the blocks on ``activation`` ``(B, *in_features)`` and update them at once: from the
         synthetic gradient at the output (``context``: one-hot labels ``(B, classes)`` for cDNI), or, on
         the last stage, from the cross-entropy with ``labels`` ``(B,)``. Returns the output and the
         gradient for the input, at per-example scale: below the top cut it is this stage's synthetic
-        gradient backpropagated through its blocks, the bootstrapped target of the cut below."""
+        gradient backpropagated through its blocks, the bootstrapped target of the cut below. Without
+        ``needs_input_target`` (the synthesizer below does not train on this step) it is not computed."""
         if self.synthesizer is None and not self.is_last:
             raise ValueError(f"stage {self.stage_index} has no synthesizer at its output: it cannot update unlocked")
         batch_size = activation.shape[0]
-        activation = activation if self.is_first else activation.detach().requires_grad_()
+        has_input_target = not self.is_first and needs_input_target
+        activation = activation.detach().requires_grad_() if has_input_target else activation
         output = self.chain(activation)
         self.optimizer.zero_grad(set_to_none=True)
         loss = None
@@ -166,21 +169,26 @@ class Stage:
             output.backward(synthetic_grad / batch_size)
         self.optimizer.step()
         self.scheduler.step()
-        input_target = None if self.is_first else activation.grad * batch_size
+        input_target = activation.grad.mul_(batch_size) if has_input_target else None
         return ForwardResult(output.detach(), input_target, None if loss is None else loss.detach())
 
-    def train_synthesizer(self, output: Tensor, context: Optional[Tensor], target_grad: Tensor) -> Tensor:
+    def train_synthesizer(self, output: Tensor, context: Optional[Tensor], target_grad: Tensor, *,
+                          measure: bool = True) -> Optional[Tensor]:
         """One step of the output synthesizer towards ``target_grad`` (per-example scale, shaped like
-        ``output``), from the stage's ``output`` for the same examples. Returns ``(loss, cosine)`` of the
-        prediction before the step, detached, shape ``(2,)``."""
+        ``output``), from the stage's ``output`` for the same examples. With ``measure``, returns
+        ``(loss, cosine)`` of the prediction before the step, detached, shape ``(2,)``; else ``None``
+        (measuring is not free, so a run measures every ``stats_every`` steps)."""
         synthetic_grad = self.synthesizer(output, context)
-        loss = synthesizer_loss(synthetic_grad, target_grad)
         if self.synth_optimizer is not None:
             self.synth_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # the loss's gradient in closed form, as a cut's backward computes it: no graph for the loss
+            synthetic_grad.backward(synthesizer_loss_grad(synthetic_grad.detach(), target_grad))
             self.synth_optimizer.step()
             self.synth_scheduler.step()
-        return torch.stack([loss.detach(), gradient_cosine(synthetic_grad.detach(), target_grad)])
+        if not measure:
+            return None
+        prediction = synthetic_grad.detach()
+        return torch.stack([synthesizer_loss(prediction, target_grad), gradient_cosine(prediction, target_grad)])
 
     # lockstep (exact pipelined backprop) ---------------------------------------------------------
 
