@@ -509,6 +509,7 @@ def test_train_accepts_the_papers_presets(tmp_path, environ, no_network, argv, c
 @pytest.mark.parametrize("argv, expected", [
     (["--model", "fcn3", "--method", "dni"], (1e-3, 3e-5, 0)),
     (["--model", "cnn3", "--method", "cdni"], (1e-4, None, 50)),
+    (["--model", "cnn3", "--method", "dni"], (1e-4, None, 50)),
     (["--model", "cnn3", "--method", "cdni", "--synth-lr", "1e-3", "--warmup-steps", "0"], (1e-3, None, 0)),
     (["--model", "cnn3", "--method", "cdni", "--paper"], (3e-5, None, 0)),
 ])

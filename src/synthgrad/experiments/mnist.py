@@ -62,11 +62,14 @@ its targets (synthesizer loss ~1000 after 20 steps), and the blocks below follow
 
 def training_defaults(model: str, method: str) -> dict[str, Any]:
     """``TrainConfig`` fields whose defaults depend on the model and method: slower decoupled blocks for
-    DNI (``DNI_DECOUPLED_LR``), gentler synthesizer training for the CNNs (``CONV_TRAINING``)."""
-    defaults: dict[str, Any] = {"decoupled_lr": DNI_DECOUPLED_LR} if method == "dni" else {}
+    DNI on the MLPs (``DNI_DECOUPLED_LR``), gentler synthesizer training for the CNNs (``CONV_TRAINING``).
+
+    With the CNNs' warm-up, DNI's blocks below the top cut learn best at the full rate: on ``--model cnn
+    --method dni`` (seed 0) the decoupled rate 1e-3 reached 97.3% training accuracy after 376 steps where
+    3e-5 had 96.3%, and 97.95% test accuracy after the epoch (backprop: 98.59% with the same warm-up)."""
     if model not in MLP_MODELS:
-        defaults.update(CONV_TRAINING)
-    return defaults
+        return dict(CONV_TRAINING)
+    return {"decoupled_lr": DNI_DECOUPLED_LR} if method == "dni" else {}
 
 
 @dataclass
