@@ -5,7 +5,7 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -59,11 +59,8 @@ def add_bench_pipeline_parser(bench_commands: Any) -> None:
     from synthgrad.bench.pipeline import PipelineBenchConfig
 
     defaults = PipelineBenchConfig()
-    bench = bench_commands.add_parser("pipeline", help="update-unlocked cDNI on K processes vs backprop, GPipe and "
-                                      "1F1B: throughput, accuracy at equal time, time to 97%%")
-    bench.add_argument("--out", type=Path, default=Path("runs/bench-pipeline"),
-                       help="results directory; finished runs in it are kept (default runs/bench-pipeline)")
-    bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
+    bench = _mnist_bench_parser(bench_commands, "pipeline", "update-unlocked cDNI on K processes vs backprop, GPipe "
+                                "and 1F1B: throughput, accuracy at equal time, time to 97%%", seeds=None)
     bench.add_argument("--epochs", type=positive(int), default=defaults.epochs)
     bench.add_argument("--layers", type=positive(int), default=defaults.layers)
     bench.add_argument("--width", type=positive(int), default=defaults.width)
@@ -75,21 +72,21 @@ def add_bench_pipeline_parser(bench_commands: Any) -> None:
     bench.add_argument("--repeats", type=positive(int), default=defaults.repeats,
                        help="run every schedule this many times, round-robin, and count the fastest run of each "
                        "(on a shared machine the others measure the other jobs too)")
-    bench.add_argument("--dry-run", action="store_true", help="a few steps each on stand-in data")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _mnist_bench_parser(bench_commands: Any, name: str, help: str, seeds: Sequence[int]) -> argparse.ArgumentParser:
+def _mnist_bench_parser(bench_commands: Any, name: str, help: str,
+                        seeds: Optional[Sequence[int]]) -> argparse.ArgumentParser:
     """The sub-parser of an MNIST classifier bench, with what every such bench takes: ``--out``,
-    ``--data-dir``, ``--seeds``, ``--dry-run`` and ``--no-progress``."""
+    ``--data-dir``, ``--seeds`` (unless ``seeds`` is ``None``), ``--dry-run`` and ``--no-progress``."""
     bench = bench_commands.add_parser(name, help=help)
     bench.add_argument("--out", type=Path, default=Path(f"runs/bench-{name}"),
                        help=f"where the cells' run directories, results.json and {name}.md go; finished cells are "
                        f"skipped (default runs/bench-{name})")
     bench.add_argument("--data-dir", help=f"MNIST directory (default ${DATA_ENV}/mnist, else the cache)")
-    bench.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
-                       help=f"one run per seed; the table shows the median (default {' '.join(map(str, seeds))})")
-    bench.add_argument("--dry-run", action="store_true", help="a few steps per cell on at most 1024 examples")
+    if seeds is not None:
+        bench.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
+                           help=f"one run per seed; the table shows the median (default {' '.join(map(str, seeds))})")
+    bench.add_argument("--dry-run", action="store_true", help="a few steps per cell (on at most 1024 examples, or stand-in data): a smoke test")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     return bench
 
