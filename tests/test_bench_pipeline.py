@@ -1,5 +1,6 @@
 """``synthgrad bench pipeline --dry-run``: every schedule runs, results.json and the table are written."""
 import json
+import re
 
 from synthgrad.bench.pipeline import PipelineBenchConfig, run_pipeline
 from synthgrad.cli import main
@@ -17,11 +18,19 @@ def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
         assert {"samples_per_s", "test_acc", "seconds_to_97"} <= row.keys()
         assert row["samples_per_s"] > 0 and 0 <= row["final_test_acc"] <= 1, name
     assert results["schedules"]["unlocked"]["processes"] == 2
+    for name in ("backprop", "unlocked", "gpipe", "1f1b"):  # each rank's processor time per sample
+        row = results["schedules"][name]
+        assert len(row["cpu_us_per_sample"]) == len(row["network_cpu_us_per_sample"]) == row["processes"], name
+        assert all(value > 0 for value in row["cpu_us_per_sample"]), name
+    assert results["schedules"]["cdni"]["cpu_us_per_sample"] is None  # one process outside the pipeline runtime
     table = (out / "pipeline.md").read_text().splitlines()
     assert table[0] == "Made by `synthgrad bench pipeline --dry-run`."
-    rows = [line.split(" | ")[0] for line in table if line.startswith("| ")]
-    assert rows == ["| schedule", "| backprop, 1 process", "| cDNI update-unlocked", "| GPipe (torch.distributed.pipelining)",
-                    "| 1F1B (torch.distributed.pipelining)", "| cDNI, 1 process, same cut"]
+    rows = [line.split(" | ") for line in table if line.startswith("| ")]
+    assert [row[0] for row in rows] == [
+        "| schedule", "| backprop, 1 process", "| cDNI update-unlocked", "| GPipe (torch.distributed.pipelining)",
+        "| 1F1B (torch.distributed.pipelining)", "| cDNI, 1 process, same cut"]
+    assert rows[0][-1] == "CPU µs/sample per rank |" and rows[-1][-1] == "– |"
+    assert re.fullmatch(r"\d+\.\d / \d+\.\d \|", rows[2][-1]), rows[2]
 
     def written():
         return {path.parent.name: path.stat().st_mtime_ns for path in out.glob("*/summary.json")}

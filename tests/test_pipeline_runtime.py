@@ -1,5 +1,5 @@
 """Pipelines of 2 gloo processes on loopback: exact lockstep gradients, faults, resume, a stop on request,
-divergence, options of the training loop, mismatched ranks.
+divergence, options of the training loop, mismatched ranks, each rank's processor time.
 
 Runs use the dry run's random stand-in images (an empty data directory), so each takes seconds.
 """
@@ -16,12 +16,13 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
+from synthgrad.checkpoints import checkpoint_path
 from synthgrad.divergence import TrainingDiverged
 from synthgrad.experiments.mnist import ClassifierConfig, build_model, load_splits
 from synthgrad.metrics import read_metrics
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous
 from synthgrad.pipeline.launch import FAILED_STATUS, free_port, launch_local, rank_main
-from synthgrad.pipeline.runtime import _lower_priority, checkpoint_steps, stage_dir
+from synthgrad.pipeline.runtime import _lower_priority, _thread_cpu_seconds, _threads_named, checkpoint_steps, stage_dir
 from synthgrad.pipeline.stage import block_costs, partition, split_model
 from synthgrad.trainer import TrainConfig, TrainingInterrupted, epoch_order
 
@@ -124,8 +125,17 @@ def test_a_stop_request_stops_every_rank_at_one_step_with_checkpoints_and_resume
     assert [checkpoint_steps(stopped, rank) for rank in range(2)] == [[step], [step]]
     assert [record["step"] for record in read_metrics(stopped)][-1] == step
 
-    launch_local(run, stopped, resume=True)
+    # each rank's processor seconds so far are in its checkpoint, and the resumed run adds to them
+    for rank in range(2):
+        path = checkpoint_path(stage_dir(stopped, rank), step)
+        state = torch.load(path, weights_only=True)
+        assert state["cpu_seconds"][0] > 0
+        torch.save({**state, "cpu_seconds": (1000.0, 100.0)}, path)
+    summary = launch_local(run, stopped, resume=True)
     assert_same_run(stopped, reference)
+    samples = 400 * run.classifier.train.batch_size
+    assert all(value > 1000 * 1e6 / samples for value in summary["cpu_us_per_sample"])
+    assert all(value is None or value >= 100 * 1e6 / samples for value in summary["network_cpu_us_per_sample"])
 
 
 def test_stats_every_and_synth_every_are_honoured(tmp_path):
@@ -139,6 +149,14 @@ def test_stats_every_and_synth_every_are_honoured(tmp_path):
     # Adam counts its steps: the synthesizer trained on steps 0, 3, ..., 45 only, the blocks on every step
     assert bottom["synth_optimizer"]["state"][0]["step"] == 16
     assert bottom["optimizer"]["state"][0]["step"] == top["optimizer"]["state"][0]["step"] == 48
+
+
+def test_the_summary_gives_each_ranks_processor_time_per_training_sample(tmp_path):
+    summary = launch_local(make_run(tmp_path / "no-data", steps=16, checkpoint_every=0), tmp_path / "run")
+    assert len(summary["cpu_us_per_sample"]) == len(summary["network_cpu_us_per_sample"]) == 2
+    assert all(value > 0 for value in summary["cpu_us_per_sample"])
+    if Path("/proc/self/task").is_dir():  # else the network thread's time is not known: None
+        assert all(value >= 0 for value in summary["network_cpu_us_per_sample"])
 
 
 def test_a_non_finite_loss_stops_every_rank_before_any_checkpoint(tmp_path, capfd):
@@ -202,3 +220,15 @@ def test_the_network_thread_alone_gets_the_lower_priority():
     finally:
         release.set()
         thread.join()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="threads are listed from /proc (Linux)")
+def test_threads_are_found_by_name_with_their_processor_time():
+    this_thread = Path(f"/proc/self/task/{threading.get_native_id()}")
+    name = (this_thread / "comm").read_text().strip()
+    assert this_thread in _threads_named(name)  # with any other thread of this name
+    assert _threads_named("no such thread") == [] and _thread_cpu_seconds("no such thread") == 0
+    before, spun = _thread_cpu_seconds(name), time.thread_time()
+    while time.thread_time() - spun < 0.1:
+        pass
+    assert _thread_cpu_seconds(name) - before >= 0.05  # the kernel counts in clock ticks

@@ -27,6 +27,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
+from synthgrad.bench.report import markdown_table
 from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, build_model, run_experiment
 from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, read_metrics, write_json
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun
@@ -168,6 +169,9 @@ def run_pipeline(config: PipelineBenchConfig, out_dir: Path, *, command: str = "
             "seconds_to_97": reached[0] if reached else None,
             "final_test_acc": summary["test_acc"], "train_seconds": summary["train_seconds"],
             "epochs": summary["epochs"], "processes": 1 if name in ("backprop", "cdni") else config.num_stages,
+            # per rank, over the training loop only (none for cdni, which runs outside the pipeline runtime)
+            "cpu_us_per_sample": summary.get("cpu_us_per_sample"),
+            "network_cpu_us_per_sample": summary.get("network_cpu_us_per_sample"),
             "timeline": timeline,
         }
     results = {"schedules": schedules, "equal_wall_seconds": equal_seconds, "command": command,
@@ -194,15 +198,18 @@ def format_table(results: dict[str, Any]) -> str:
     def percent(value: Optional[float]) -> str:
         return "–" if value is None else f"{100 * value:.2f}"
 
-    # only the command line and the table, so `synthgrad bench readme` can replace it in the README
-    lines = [f"Made by `{results['command']}`.", "",
-             f"| schedule | processes | samples/s (vs backprop) | test acc % after {results['equal_wall_seconds']:.1f} s "
-             f"| s to {100 * config['target_acc']:g}% | test acc % after {config['epochs']} epochs |",
-             "|---|---|---|---|---|---|"]
+    def per_rank(values: Optional[list[Optional[float]]]) -> str:
+        return "–" if not values else " / ".join("–" if value is None else f"{value:.1f}" for value in values)
+
+    header = ["schedule", "processes", "samples/s (vs backprop)", f"test acc % after {results['equal_wall_seconds']:.1f} s",
+              f"s to {100 * config['target_acc']:g}%", f"test acc % after {config['epochs']} epochs",
+              "CPU µs/sample per rank"]
+    rows = []
     for name in (*SCHEDULES, "cdni"):
         row = schedules[name]
-        seconds = "–" if row["seconds_to_97"] is None else f"{row['seconds_to_97']:.1f}"
-        lines.append(f"| {_DESCRIPTIONS[name]} | {row['processes']} | {row['samples_per_s']:.0f} "
-                     f"({row['samples_per_s'] / base:.2f}x) | {percent(row['test_acc'])} | {seconds} | "
-                     f"{percent(row['final_test_acc'])} |")
-    return "\n".join(lines) + "\n"
+        rows.append([_DESCRIPTIONS[name], str(row["processes"]),
+                     f"{row['samples_per_s']:.0f} ({row['samples_per_s'] / base:.2f}x)", percent(row["test_acc"]),
+                     "–" if row["seconds_to_97"] is None else f"{row['seconds_to_97']:.1f}",
+                     percent(row["final_test_acc"]), per_rank(row.get("cpu_us_per_sample"))])
+    # only the command line and the table, so `synthgrad bench readme` can replace it in the README
+    return f"Made by `{results['command']}`.\n\n" + markdown_table(header, rows)

@@ -61,8 +61,9 @@ CPU rank. It polls its sockets in a loop while this rank's compute thread holds 
 (strace: ~80 wakeups per message); at the compute thread's own priority that spin took the core from
 the thread it waits for, 10-20% of each rank's processor time on a 2-core machine. At nice 10 it still
 runs at once when a message arrives, but gives the core back as soon as it spins. Measured on the
-benchmark's unlocked run (benchmarks/pipeline_cpu.py, shared machine): gloo's thread 10-13 -> 1-4 and
-each rank 54-62 -> 37-47 microseconds of processor time per sample."""
+benchmark's unlocked run (shared machine; a run's summary now reports these figures as
+``network_cpu_us_per_sample`` and ``cpu_us_per_sample``): gloo's thread 10-13 -> 1-4 and each rank
+54-62 -> 37-47 microseconds of processor time per sample."""
 _GO, _STOP, _DIVERGED = "go", "stop", "diverged"
 """What rank 0 tells every rank at a segment's end: go on, stop on request, or stop on a non-finite loss."""
 
@@ -136,16 +137,53 @@ def _init_process_group(rendezvous: Rendezvous, backend: str, timeout_s: float) 
 _GLOO_NETWORK_THREAD = "gloo_tcp_loop"
 
 
+def _threads_named(thread_name: str) -> Optional[list[Path]]:
+    """The ``/proc/self/task/<tid>`` directories of this process's threads called ``thread_name`` (Linux;
+    None where threads cannot be listed)."""
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return None
+    named = []
+    for task in tasks:
+        try:
+            if (task / "comm").read_text().strip() == thread_name:
+                named.append(task)
+        except OSError:  # a thread that just ended
+            continue
+    return named
+
+
 def _lower_priority(thread_name: str, nice: int) -> None:
     """Give this process's threads called ``thread_name`` the scheduling priority ``nice`` (Linux, where
     each thread has its own; elsewhere, or if the threads cannot be listed, nothing happens)."""
     try:
-        tasks = [task for task in Path("/proc/self/task").iterdir()
-                 if (task / "comm").read_text().strip() == thread_name]
-        for task in tasks:
+        for task in _threads_named(thread_name) or []:
             os.setpriority(os.PRIO_PROCESS, int(task.name), max(nice, os.getpriority(os.PRIO_PROCESS, int(task.name))))
-    except (OSError, AttributeError):  # no /proc, a thread that just ended, or no setpriority
+    except (OSError, AttributeError):  # a thread that just ended, or no setpriority
         pass
+
+
+def _thread_cpu_seconds(thread_name: str) -> Optional[float]:
+    """Processor seconds (user and system) that this process's threads called ``thread_name`` have used so
+    far: 0 if there is none, None where threads cannot be listed (not Linux)."""
+    tasks = _threads_named(thread_name)
+    if tasks is None:
+        return None
+    ticks = 0
+    for task in tasks:
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
+        except OSError:  # a thread that just ended
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (proc(5) fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds() -> tuple[float, Optional[float]]:
+    """Processor seconds used so far by this process (all its threads) and by its gloo network thread
+    (0 without one, e.g. on NCCL; None where threads cannot be listed)."""
+    return time.process_time(), _thread_cpu_seconds(_GLOO_NETWORK_THREAD)
 
 
 def _check_same_config(channel: Channel, run: PipelineRun) -> None:
@@ -211,6 +249,8 @@ class _RankTrainer:
         self._torch_stepped = False
 
         self.best_acc, self.train_seconds, self.last_record = 0.0, 0.0, {}
+        # this rank's processor seconds over the same windows as train_seconds: (process, network thread)
+        self.cpu_seconds: tuple[float, Optional[float]] = (0.0, 0.0)
         self.checkpoint_step: Optional[int] = None  # the newest step checkpoint, for a divergence's message
         self._reset_interval()
 
@@ -254,11 +294,12 @@ class _RankTrainer:
         log = MetricsLog(self.run_dir) if self.rank == 0 else None
         try:
             for stop in (end for end in ends if end > start_step):
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), _cpu_seconds()
                 self._run_segment(range(start_step, stop), progress)
                 self.channel.flush()
                 gathered = self.channel.gather_objects((self._interval_stats(), stop_requested()))
                 self.train_seconds += time.perf_counter() - started
+                self._add_cpu_seconds(cpu_started, _cpu_seconds())
                 verdict, message = self._verdict(range(start_step, stop), gathered)
                 if verdict == _DIVERGED:
                     raise TrainingDiverged(message)
@@ -281,8 +322,16 @@ class _RankTrainer:
             if log is not None:
                 log.close()
         self._save(stage_dir(self.run_dir, self.rank) / FINAL_CHECKPOINT, self.total_steps)
-        self.channel.broadcast_object(self.channel.gather_objects("done"))
-        return self._summary() if self.rank == 0 else None
+        # every rank is done once this returns; rank 0 also gets every rank's processor seconds
+        every_cpu_seconds = self.channel.broadcast_object(self.channel.gather_objects(self.cpu_seconds))
+        return self._summary(every_cpu_seconds) if self.rank == 0 else None
+
+    def _add_cpu_seconds(self, started: tuple[float, Optional[float]], ended: tuple[float, Optional[float]]) -> None:
+        """Add the processor seconds between two ``_cpu_seconds()`` readings to this rank's totals."""
+        process, network = self.cpu_seconds
+        process += ended[0] - started[0]
+        network = None if None in (network, started[1], ended[1]) else network + ended[1] - started[1]
+        self.cpu_seconds = (process, network)
 
     def _verdict(self, steps: range, gathered: list[tuple[dict[str, float], bool]]) -> tuple[str, Optional[str]]:
         """Rank 0 decides from every rank's interval statistics and stop request whether every rank goes
@@ -496,7 +545,7 @@ class _RankTrainer:
     def _save(self, path: Path, step: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"stage": self.stage.state_dict(), "stage_index": self.rank, "step": step, "rng": torch.get_rng_state(),
-                 "config": asdict(self.run)}
+                 "config": asdict(self.run), "cpu_seconds": self.cpu_seconds}
         if self.rank == 0:
             state["trainer"] = {"best_acc": self.best_acc, "train_seconds": self.train_seconds,
                                 "last_record": self.last_record}
@@ -514,6 +563,7 @@ class _RankTrainer:
         state = torch.load(checkpoint_path(directory, step), map_location=self.device, weights_only=True)
         self.stage.load_state_dict(state["stage"])
         torch.set_rng_state(state["rng"])
+        self.cpu_seconds = tuple(state.get("cpu_seconds", (0.0, 0.0)))  # absent from checkpoints of older versions
         self.checkpoint_step = step
         if self.rank == 0:
             trainer = state["trainer"]
@@ -522,11 +572,22 @@ class _RankTrainer:
             truncate_metrics(self.run_dir, step)
         return step
 
-    def _summary(self) -> dict[str, Any]:
+    def _summary(self, every_cpu_seconds: list[tuple[float, Optional[float]]]) -> dict[str, Any]:
+        """The run's summary, written to ``summary.json``; ``every_cpu_seconds`` holds each rank's
+        ``cpu_seconds``, reported per training sample."""
+        samples = self.total_steps * self.train_config.batch_size
+
+        def per_sample(seconds: Optional[float]) -> Optional[float]:
+            return None if seconds is None else seconds * 1e6 / samples
+
         summary = {
             "test_acc": self.last_record["test/acc"], "best_test_acc": self.best_acc,
             "test_loss": self.last_record["test/loss"], "train_seconds": self.train_seconds,
-            "samples_per_s": self.total_steps * self.train_config.batch_size / max(self.train_seconds, 1e-9),
+            "samples_per_s": samples / max(self.train_seconds, 1e-9),
+            # processor time per training sample of each rank, in microseconds, over the training loop only:
+            # what to compare on a shared machine, where wall time also measures the other jobs
+            "cpu_us_per_sample": [per_sample(process) for process, _ in every_cpu_seconds],
+            "network_cpu_us_per_sample": [per_sample(network) for _, network in every_cpu_seconds],
             "steps": self.total_steps, "epochs": self.total_steps / self.steps_per_epoch,
             "method": self.config.method, "model": self.config.model, "dataset": self.config.dataset,
             "schedule": self.schedule, "num_stages": self.num_stages,
