@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from synthgrad.cli import main
+from synthgrad.cli.arguments import resolve_device
 from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, build_model
 from synthgrad.trainer import TrainConfig
 
@@ -255,6 +256,27 @@ def _assert_one_line_error(capsys, *fragments: str) -> None:
 def test_device_cuda_without_cuda(tmp_path, environ, capsys):
     assert _run(["train", "--dry-run", "--device", "cuda", "--out", str(tmp_path / "run")], environ) == 2
     _assert_one_line_error(capsys, "--device cuda", "--device cpu")
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """A machine with one CUDA device, as far as device selection can tell."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_device_auto_gives_each_pipeline_rank_a_gpu_or_uses_the_cpu(one_gpu):
+    # NCCL refuses two ranks on one GPU ("invalid usage"): seen with --stages 2 on a one-GPU H100 machine
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("auto", processes=2) == "cpu"
+    assert resolve_device("cuda", processes=1) == "cuda"
+
+
+def test_stages_on_cuda_with_fewer_gpus_is_refused_before_training(tmp_path, environ, capsys, one_gpu):
+    args = ["train", "--stages", "2", "--device", "cuda", "--layers", "3", "--out", str(tmp_path / "run")]
+    assert _run(args, environ) == 2
+    _assert_one_line_error(capsys, "--device cuda", "2 on this machine", "1 GPU", "--device cpu")
+    assert not (tmp_path / "run").exists()
 
 
 def test_out_is_a_regular_file(tmp_path, environ, capsys):

@@ -98,11 +98,18 @@ def resolve_data_dir(dataset: str, data_dir: Optional[str], environ: dict[str, s
     return cache / "synthgrad" / dataset
 
 
-def resolve_device(name: str) -> str:
+def resolve_device(name: str, *, processes: int = 1) -> str:
+    """``cpu`` or ``cuda`` for ``--device name`` when ``processes`` processes on this machine each take a GPU
+    of their own (a pipeline's local ranks): NCCL refuses two ranks on one GPU, so ``auto`` falls back to
+    the CPU (gloo) when there are fewer GPUs than processes, and ``cuda`` is refused before training starts."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
+        return "cuda" if gpus >= processes else "cpu"
+    if name == "cuda" and gpus == 0:
         raise SynthgradError("--device cuda: this PyTorch build sees no CUDA device; use --device cpu or auto")
+    if name == "cuda" and gpus < processes:
+        raise SynthgradError(f"--device cuda runs one process per GPU, {processes} on this machine, but it has "
+                             f"{gpus} GPU{'s' if gpus != 1 else ''}; use --device cpu or fewer --stages per machine")
     return name
 
 

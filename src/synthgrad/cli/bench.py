@@ -14,6 +14,7 @@ from synthgrad.bench.table1 import CNN_EPOCHS, FCN_EPOCHS, TABLE1_METHODS, TABLE
 from synthgrad.cli.arguments import DATA_ENV, non_negative_int, positive, resolve_data_dir, resolve_device
 from synthgrad.cli.rnn import TINY_SHAKESPEARE, default_text
 from synthgrad.errors import SynthgradError
+from synthgrad.experiments.mnist import CONV_TRAINING
 from synthgrad.experiments.rnn import RNN_METHODS
 from synthgrad.trainer import TrainConfig
 
@@ -31,7 +32,9 @@ def add_bench_parser(commands: Any) -> None:
     table1.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; the table shows the median")
     table1.add_argument("--epochs", type=positive(int),
                         help=f"epochs of every cell (default {FCN_EPOCHS} for FCNs, {CNN_EPOCHS} for CNNs)")
-    table1.add_argument("--batch-size", type=positive(int), default=TrainConfig.batch_size)
+    table1.add_argument("--batch-size", type=positive(int),
+                        help=f"batch size of every cell (default {TrainConfig.batch_size}, "
+                        f"{CONV_TRAINING['batch_size']} for the CNNs)")
     table1.add_argument("--data-root", help=f"directory with one folder per dataset (default ${DATA_ENV}, "
                         "else a per-user cache that datasets are downloaded into)")
     table1.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -156,7 +159,8 @@ def _bench_table1(args: argparse.Namespace, environ: dict[str, str]) -> None:
         data_dirs={dataset: str(resolve_data_dir(dataset, None, root)) for dataset in args.datasets},
         datasets=tuple(args.datasets), models=tuple(args.models), methods=tuple(args.methods),
         seeds=tuple(args.seeds), epochs=args.epochs, device=resolve_device(args.device), dry_run=args.dry_run,
-        progress=not args.no_progress, train_overrides={"batch_size": args.batch_size},
+        progress=not args.no_progress,
+        train_overrides={} if args.batch_size is None else {"batch_size": args.batch_size},
     )
     command = reproducing_command("table1", [
         ("--datasets", args.datasets), ("--models", args.models), ("--methods", args.methods), ("--seeds", args.seeds),

@@ -195,8 +195,8 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
             batch_size=options["batch_size"], lr=options["lr"], synth_lr=options["synth_lr"],
             decoupled_lr=options["decoupled_lr"], optimizer=options["optimizer"], lr_schedule=options["lr_schedule"],
             warmup_steps=options["warmup_steps"], update_prob=args.update_prob, use_context=args.method == "cdni",
-            seed=args.seed, device=resolve_device(args.device), progress=not args.no_progress,
-            log_every=args.log_every, checkpoint_every=args.checkpoint_every, on_divergence=args.on_divergence,
+            seed=args.seed, device=resolve_device(args.device, processes=_processes_here(args, environ)),
+            progress=not args.no_progress, log_every=args.log_every, checkpoint_every=args.checkpoint_every, on_divergence=args.on_divergence,
         ),
     )
     validate_classifier_config(config, build_model, explicit=explicit_options(args))
@@ -208,6 +208,13 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
                         port=args.port)
         return
     _run(config, prepare_run_dir(args.out, f"train-{args.model}-{args.method}", args.force))
+
+
+def _processes_here(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    """How many processes of this run share this machine: torchrun's local world, else ``--stages`` (or 1)."""
+    if _torchrun_rendezvous(environ) is not None:
+        return int(environ.get("LOCAL_WORLD_SIZE", "1"))
+    return args.stages or 1
 
 
 def _torchrun_rendezvous(environ: dict[str, str]) -> Optional[Rendezvous]:
