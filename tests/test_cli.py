@@ -21,7 +21,7 @@ import torch
 
 from synthgrad.cli import main
 from synthgrad.cli.arguments import resolve_device
-from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, build_model
+from synthgrad.experiments.mnist import CONV_TRAINING, DRY_RUN_STEPS, ClassifierConfig, build_model
 from synthgrad.trainer import TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -592,6 +592,22 @@ def test_bench_table1_dry_run_writes_the_table_and_resumes(tmp_path, environ, no
     assert finished.stat().st_mtime_ns == stamp  # finished cells are read back, not rerun
     assert (out / "mnist" / "cnn3-cdni-seed0" / "summary.json").is_file()
     assert json.loads((out / "results.json").read_text())["cells"].keys() == results.keys()
+
+
+def test_bench_table1_cells_take_their_models_batch_size_unless_one_is_given(tmp_path, environ, no_network):
+    out = tmp_path / "table1"
+    argv = ["bench", "table1", "--dry-run", "--no-progress", "--models", "fcn3", "cnn3", "--methods", "cdni",
+            "--out", str(out)]
+    assert _run(argv, environ) == 0
+    assert "--batch-size" not in (out / "table1.md").read_text().splitlines()[0]
+
+    def batch_size(cell: str) -> int:
+        return json.loads((out / "mnist" / cell / "config.json").read_text())["train"]["batch_size"]
+
+    assert (batch_size("fcn3-cdni-seed0"), batch_size("cnn3-cdni-seed0")) == (
+        TrainConfig.batch_size, CONV_TRAINING["batch_size"])
+    assert _run(argv + ["--batch-size", "32"], environ) == 0  # a changed option reruns the cells
+    assert (batch_size("fcn3-cdni-seed0"), batch_size("cnn3-cdni-seed0")) == (32, 32)
 
 
 def test_bench_table1_rejects_an_unknown_model(tmp_path, environ, capsys):
