@@ -241,3 +241,31 @@ def test_squashed_cell_input_reads_h_and_tanh_of_c():
     h, c = state[:, :HIDDEN], state[:, HIDDEN:]
     assert_close(wrapped(state), inner(torch.cat([h, torch.tanh(c)], dim=1)))
     assert list(wrapped.parameters()) == list(inner.parameters())  # its optimizer sees the same parameters
+
+
+class _ContextRecorder(nn.Module):
+    """Predicts zero and records the context it was given at each boundary."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[torch.Tensor] = []
+
+    def forward(self, state: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self.contexts.append(context)
+        return torch.zeros_like(state)
+
+
+def test_boundary_context_reaches_the_synthesizer_at_each_boundary():
+    core, inputs, chunk_loss = _problem(num_layers=1)
+
+    def step_context(step):  # the boundary's step, as a context
+        return torch.full((BATCH, 1), float(step), dtype=torch.float64)
+
+    synthesizer = _ContextRecorder()
+    backward_through_chunks(core, inputs, chunk_loss, 3, synthesizer=synthesizer, boundary_context=step_context)
+    assert [context[0, 0].item() for context in synthesizer.contexts] == [3, 6, 9]  # none at the sequence's end
+    synthesizer.contexts.clear()
+    backward_through_chunks(core, inputs, chunk_loss, 3, synthesizer=synthesizer, boundary_context=step_context,
+                            state=core.initial_state(BATCH, dtype=torch.float64), sequence_ends=False,
+                            train_entering_state=True)
+    assert [context[0, 0].item() for context in synthesizer.contexts] == [0, 3, 6, 9, 11]  # and a stream's ends

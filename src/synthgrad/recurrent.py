@@ -77,7 +77,7 @@ class LSTMCore(nn.Module):
 
 class SquashedCellInput(nn.Module):
     """Wraps a synthesizer of the LSTM state so that it reads ``(h, tanh(c))`` instead of ``(h, c)``;
-    it still predicts the gradient w.r.t. the raw ``(h, c)``. ``forward(state (B, S)) -> (B, S)``.
+    it still predicts the gradient w.r.t. the raw ``(h, c)``. ``forward(state (B, S)[, context]) -> (B, S)``.
 
     Why: on an endless text stream the cell state is never reset and drifts. Measured on Tiny Shakespeare
     (LSTM of 256, T=8, 32 streams; ``benchmarks/results/rnn/charlm_protocol.md``): the state's norm grows
@@ -92,9 +92,10 @@ class SquashedCellInput(nn.Module):
         super().__init__()
         self.synthesizer = synthesizer
 
-    def forward(self, state: Tensor) -> Tensor:
+    def forward(self, state: Tensor, context: Optional[Tensor] = None) -> Tensor:
         h, c = state.chunk(2, dim=1)  # (B, S/2) each: LSTMCore puts h of every layer, then c of every layer
-        return self.synthesizer(torch.cat([h, torch.tanh(c)], dim=1))
+        squashed = torch.cat([h, torch.tanh(c)], dim=1)
+        return self.synthesizer(squashed) if context is None else self.synthesizer(squashed, context)
 
 
 @dataclass
@@ -121,6 +122,7 @@ def backward_through_chunks(
     *,
     state: Optional[Tensor] = None,
     synthesizer: Optional[nn.Module] = None,
+    boundary_context: Optional[Callable[[int], Tensor]] = None,
     aux_head: Optional[nn.Module] = None,
     aux_weight: float = 1.0,
     sequence_ends: bool = True,
@@ -136,6 +138,10 @@ def backward_through_chunks(
         state: the state entering the window, ``(B, S)`` (detached); zeros when ``None``.
         synthesizer: ``None`` is plain truncated BPTT. Otherwise ``synthesizer(state)`` predicts the
             per-example gradient ``B * dL/ds`` at each chunk end and is trained on the bootstrapped target.
+        boundary_context: cDNI. ``boundary_context(step)`` is the synthesizer's context ``(B, C)`` at the
+            boundary before window step ``step`` (0: the state entering the window), read as
+            ``synthesizer(state, context)``; e.g. the inputs and targets of the chunk after it
+            (``synthgrad.experiments.rnn.next_chunk_context``).
         aux_head: DNI+Aux: predicts, from the state at a boundary, the synthetic gradient at the next one.
         sequence_ends: the window ends its sequence, so no gradient comes from beyond it (target zero and
             no synthetic gradient at the last step). ``False`` for a slice of a longer stream: the last
@@ -165,7 +171,12 @@ def backward_through_chunks(
 
     # the boundary whose target the next chunk produces: its synthesizer prediction (with graph into the
     # synthesizer), and the auxiliary prediction made from it (with graph into the previous chunk)
-    pending_prediction = synthesizer(state) if (synthesizer is not None and train_entering_state) else None
+    def synthesize(boundary_state: Tensor, step: int) -> Tensor:
+        if boundary_context is None:
+            return synthesizer(boundary_state)
+        return synthesizer(boundary_state, boundary_context(step))
+
+    pending_prediction = synthesize(state, 0) if (synthesizer is not None and train_entering_state) else None
     pending_aux: Optional[Tensor] = None
     for start in range(0, length, truncation):
         stop = min(start + truncation, length)
@@ -176,7 +187,7 @@ def backward_through_chunks(
         total = loss
         synthetic_grad, injected = None, None
         if synthesizer is not None and not (is_last and sequence_ends):
-            synthetic_grad = synthesizer(state.detach())  # (B, S), per-example scale
+            synthetic_grad = synthesize(state.detach(), stop)  # (B, S), per-example scale
             # the synthetic gradient enters at the chunk's last step: d injected / d state = synthetic_grad / B
             injected = (synthetic_grad.detach() * state).sum() / batch
             if pending_aux is not None:

@@ -26,7 +26,7 @@ from synthgrad.metrics import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 TRUNCATIONS = (2, 3, 4, 5)
 METHODS = ("bptt", "dni", "dni-aux")
-METHOD_NAMES = {"bptt": "BPTT", "dni": "DNI", "dni-aux": "DNI + Aux"}
+METHOD_NAMES = {"bptt": "BPTT", "dni": "DNI", "cdni": "cDNI", "dni-aux": "DNI + Aux"}
 PAPER_LENGTHS = {
     "copy": {"bptt": (7, 8, 10, 8), "dni": (16, 14, 18, 18)},
     "repeat-copy": {"bptt": (7, 5, 19, 23), "dni": (39, 33, 39, 59)},

@@ -142,8 +142,8 @@ def add_bench_rnn_parser(bench_commands: Any) -> None:
                        help="sequence tasks of the table (none: only the language model)")
     bench.add_argument("--truncations", type=positive(int), nargs="+", default=list(defaults.truncations),
                        help="the table's truncations T (default 2 3 4 5)")
-    bench.add_argument("--methods", nargs="+", choices=defaults.methods, default=list(defaults.methods),
-                       help="the table's methods (default: all)")
+    bench.add_argument("--methods", nargs="+", choices=RNN_METHODS, default=list(defaults.methods),
+                       help=f"the table's methods (default: {' '.join(defaults.methods)})")
     bench.add_argument("--lm-runs", type=_method_and_truncation, nargs="+", default=list(defaults.lm_runs),
                        help="language-model curves as METHOD:T (default: "
                        f"{' '.join(f'{method}:{truncation}' for method, truncation in defaults.lm_runs)})")

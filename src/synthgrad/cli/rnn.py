@@ -34,8 +34,9 @@ def add_rnn_parser(commands: Any) -> None:
         parser.add_argument("--truncation", "-T", type=positive(int), default=defaults.truncation,
                             help=f"steps per BPTT chunk (default {defaults.truncation})")
         parser.add_argument("--method", choices=RNN_METHODS, default=defaults.method,
-                            help="bptt (truncated BPTT), dni (a synthesizer at each chunk boundary) or dni-aux "
-                            "(and the auxiliary task); default dni")
+                            help="bptt (truncated BPTT), dni (a synthesizer at each chunk boundary), cdni (one "
+                            "that also reads the next chunk's inputs and targets) or dni-aux (dni and the "
+                            "auxiliary task); default dni")
         parser.add_argument("--hidden-dim", type=positive(int), default=defaults.hidden_dim, help="LSTM units")
         parser.add_argument("--layers", type=positive(int), default=defaults.num_layers, help="LSTM layers")
         parser.add_argument("--synth-layers", type=non_negative_int, default=defaults.synth_layers,

@@ -1,6 +1,7 @@
 """Recurrent experiments of the DNI paper (arXiv 1608.05343, section 3.1): Copy and Repeat Copy with a
 length curriculum, and character-level language modelling, each trained by truncated BPTT over chunks
-of T steps with plain BPTT (``bptt``), a synthesizer at every chunk boundary (``dni``) or that plus the
+of T steps with plain BPTT (``bptt``), a synthesizer at every chunk boundary (``dni``), one that also
+reads the next chunk's inputs and targets (``cdni``, see ``next_chunk_context``) or DNI plus the
 auxiliary task (``dni-aux``). The recurrent machinery is ``synthgrad.recurrent``.
 
 A run directory holds ``config.json``, ``metrics.jsonl``, ``final.pt`` and ``summary.json``:
@@ -28,7 +29,7 @@ from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, Metri
 from synthgrad.recurrent import LSTMCore, SquashedCellInput, WindowResult, backward_through_chunks
 from synthgrad.synthesizers import LinearSynthesizer, MLPSynthesizer
 
-RNN_METHODS = ("bptt", "dni", "dni-aux")
+RNN_METHODS = ("bptt", "dni", "cdni", "dni-aux")
 RNN_TASKS = SEQUENCE_TASKS + ("charlm",)
 DRY_RUN_STEPS = 3
 LN2 = math.log(2.0)
@@ -99,13 +100,34 @@ def check_config(config: RNNConfig) -> None:
         raise ValueError(f"window {config.window} must be a multiple of the truncation {config.truncation}")
 
 
-def build_synthesizers(config: RNNConfig, state_dim: int) -> tuple[Optional[nn.Module], Optional[nn.Module]]:
+def next_chunk_context(inputs: Tensor, targets: Tensor, truncation: int) -> Callable[[int], Tensor]:
+    """cDNI's context for a recurrent net: ``context(step)`` is ``(B, T * (I + O))``, the inputs ``(B, L, I)``
+    and targets ``(B, L, O)`` of the T steps from ``step`` on, flattened, zero past ``L``.
+
+    Why: the gradient that the next chunk sends into a boundary state is mostly the error of its outputs
+    against its targets, which the state alone cannot know; like the label in a feed-forward cDNI, the data
+    after the boundary is known at training time, and the chunk before still does not wait for the
+    computation after it."""
+    steps = torch.cat([inputs, targets], dim=2)
+    padded = nn.functional.pad(steps, (0, 0, 0, truncation))  # zeros after the last step
+
+    def context(step: int) -> Tensor:
+        return padded[:, step:step + truncation].flatten(1)
+
+    return context
+
+
+def build_synthesizers(config: RNNConfig, state_dim: int, context_dim: int = 0
+                       ) -> tuple[Optional[nn.Module], Optional[nn.Module]]:
     """``(synthesizer, aux_head)`` for ``config.method``: none for ``bptt``; a zero-initialised synthesizer
-    of the state for ``dni``; plus a linear auxiliary head for ``dni-aux``."""
+    of the state for ``dni``, of the state and a context of ``context_dim`` for ``cdni``; plus a linear
+    auxiliary head for ``dni-aux``."""
     if config.method == "bptt":
         return None, None
-    synthesizer = (LinearSynthesizer(state_dim) if config.synth_layers == 0 else
-                   MLPSynthesizer(state_dim, hidden_dim=config.synth_width, num_hidden_layers=config.synth_layers))
+    context_dim = context_dim if config.method == "cdni" else 0
+    synthesizer = (LinearSynthesizer(state_dim, context_dim=context_dim) if config.synth_layers == 0 else
+                   MLPSynthesizer(state_dim, hidden_dim=config.synth_width, num_hidden_layers=config.synth_layers,
+                                  context_dim=context_dim))
     if config.squash_cell:
         synthesizer = SquashedCellInput(synthesizer)
     aux_head = nn.Linear(state_dim, state_dim) if config.method == "dni-aux" else None
@@ -131,7 +153,8 @@ class _Learner:
         torch.manual_seed(config.seed)
         self.config = config
         self.core = LSTMCore(input_dim, config.hidden_dim, output_dim, num_layers=config.num_layers)
-        self.synthesizer, self.aux_head = build_synthesizers(config, self.core.state_dim)
+        self.synthesizer, self.aux_head = build_synthesizers(config, self.core.state_dim,
+                                                             config.truncation * (input_dim + output_dim))
         for module in (self.core, self.synthesizer, self.aux_head):
             if module is not None:
                 module.to(config.device)
@@ -247,8 +270,10 @@ def run_sequence_task(config: RNNConfig, run_dir: Path, on_record: Optional[Call
             def chunk_loss(outputs: Tensor, start: int, stop: int) -> Tensor:
                 return scored_loss(outputs, batch, start, stop)
 
+            boundary_context = (next_chunk_context(batch.inputs, batch.targets * batch.mask[:, None],
+                                                   config.truncation) if config.method == "cdni" else None)
             began = time.perf_counter()
-            result = learner.update(batch.inputs, chunk_loss)
+            result = learner.update(batch.inputs, chunk_loss, boundary_context=boundary_context)
             train_seconds += time.perf_counter() - began
             error = result.loss / scored / LN2  # bits per character
             errors.append(error)
@@ -309,6 +334,7 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
     steps = DRY_RUN_STEPS if config.dry_run else config.steps
     eval_every = 1 if config.dry_run else config.eval_every
     vocab = corpus.vocab_size
+    conditioned = config.method == "cdni"
     state, position, chars_seen, train_seconds, start_step = None, 0, 0, 0.0, 0
     recent: list[WindowResult] = []
     val_bpc = best_val_bpc = float("inf")
@@ -323,8 +349,12 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
         for step in range(start_step + 1, steps + 1):
             if position + config.window + 1 > streams.shape[1]:
                 state, position = None, 0  # a new epoch starts every stream from the zero state
-            window = streams[:, position:position + config.window + 1]  # (B, W + 1)
+            # (B, W + 1), and for cDNI the chunk after the window too (fewer at the end of the streams)
+            window = streams[:, position:position + config.window + 1 + (config.truncation if conditioned else 0)]
             inputs = nn.functional.one_hot(window[:, :-1], vocab).float()
+            boundary_context = (next_chunk_context(inputs, nn.functional.one_hot(window[:, 1:], vocab).float(),
+                                                   config.truncation) if conditioned else None)
+            inputs = inputs[:, :config.window]
 
             def chunk_loss(outputs: Tensor, start: int, stop: int) -> Tensor:
                 return nn.functional.cross_entropy(outputs.reshape(-1, vocab),
@@ -333,7 +363,7 @@ def run_charlm(config: RNNConfig, run_dir: Path, corpus: Optional[CharCorpus] = 
 
             began = time.perf_counter()
             result = learner.update(inputs, chunk_loss, state=state, sequence_ends=False,
-                                    train_entering_state=state is not None)
+                                    train_entering_state=state is not None, boundary_context=boundary_context)
             train_seconds += time.perf_counter() - began
             state, position = result.state, position + config.window
             chars_seen += config.batch_size * config.window
