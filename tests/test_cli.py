@@ -529,17 +529,18 @@ def test_train_accepts_the_papers_presets(tmp_path, environ, no_network, argv, c
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--model", "fcn3", "--method", "dni"], (1e-3, 3e-5, 0)),
-    (["--model", "cnn3", "--method", "cdni"], (1e-4, None, 50)),
-    (["--model", "cnn3", "--method", "dni"], (1e-4, None, 50)),
-    (["--model", "cnn3", "--method", "cdni", "--synth-lr", "1e-3", "--warmup-steps", "0"], (1e-3, None, 0)),
-    (["--model", "cnn3", "--method", "cdni", "--paper"], (3e-5, None, 0)),
+    (["--model", "fcn3", "--method", "dni"], (1e-3, 3e-5, 0, 128)),
+    (["--model", "cnn3", "--method", "cdni"], (3e-4, None, 50, 64)),
+    (["--model", "cnn3", "--method", "dni"], (1e-4, None, 50, 64)),
+    (["--model", "cnn3", "--method", "cdni", "--synth-lr", "1e-3", "--warmup-steps", "0", "--batch-size", "32"],
+     (1e-3, None, 0, 32)),
+    (["--model", "cnn3", "--method", "cdni", "--paper"], (3e-5, None, 0, 256)),
 ])
 def test_training_defaults_follow_the_model_and_method_unless_given(tmp_path, environ, no_network, argv, expected):
     run_dir = tmp_path / "run"
     assert _run(["train", "--dry-run", "--no-progress", "--out", str(run_dir), *argv], environ) == 0
     train = _config_from_json(run_dir).train
-    assert (train.synth_lr, train.decoupled_lr, train.warmup_steps) == pytest.approx(expected)
+    assert (train.synth_lr, train.decoupled_lr, train.warmup_steps, train.batch_size) == pytest.approx(expected)
 
 
 def test_paper_flag_sets_the_papers_optimisation_unless_overridden(tmp_path, environ, no_network):

@@ -29,6 +29,7 @@ from synthgrad.divergence import ON_DIVERGENCE
 from synthgrad.errors import InvalidConfig, SynthgradError
 from synthgrad.experiments.gist import GIST_MODEL, build_gist_model, gist_config
 from synthgrad.experiments.mnist import (
+    CONV_CDNI_SYNTH_LR,
     CONV_TRAINING,
     DATASETS,
     DNI_DECOUPLED_LR,
@@ -89,7 +90,7 @@ def add_classifier_parsers(commands: Any) -> None:
     train.add_argument("--lr", type=positive(float), default=train_defaults.lr, help="learning rate of the blocks")
     train.add_argument("--synth-lr", type=positive(float),
                        help=f"learning rate of the synthesizers (default {train_defaults.synth_lr:g}, "
-                       f"{CONV_TRAINING['synth_lr']:g} for the CNNs)")
+                       f"{CONV_TRAINING['synth_lr']:g} for the CNNs, {CONV_CDNI_SYNTH_LR:g} for cdni on them)")
     train.add_argument("--decoupled-lr", type=positive(float),
                        help="learning rate of the blocks below the top cut, which learn from synthetic gradients "
                        f"(default {DNI_DECOUPLED_LR:g} for dni on the MLPs, else --lr)")

@@ -41,6 +41,8 @@ def add_rnn_parser(commands: Any) -> None:
         parser.add_argument("--layers", type=positive(int), default=defaults.num_layers, help="LSTM layers")
         parser.add_argument("--synth-layers", type=non_negative_int, default=defaults.synth_layers,
                             help="hidden layers of the synthesizer (0: linear, the default)")
+        parser.add_argument("--synth-width", type=positive(int), default=defaults.synth_width,
+                            help=f"hidden units of the synthesizer's layers (default {defaults.synth_width})")
         parser.add_argument("--steps", type=positive(int), default=defaults.steps,
                             help=f"updates: batches or text windows (default {defaults.steps})")
         parser.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
@@ -105,7 +107,8 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     task = args.task
     config = _resumed_config(args) if args.resume else RNNConfig(
         task=task, method=args.method, truncation=args.truncation, hidden_dim=args.hidden_dim,
-        num_layers=args.layers, synth_layers=args.synth_layers, squash_cell=args.squash_cell,
+        num_layers=args.layers, synth_layers=args.synth_layers, synth_width=args.synth_width,
+        squash_cell=args.squash_cell,
         target_decay=args.target_decay, aux_weight=args.aux_weight, batch_size=args.batch_size, lr=args.lr,
         synth_lr=args.synth_lr, steps=args.steps, seed=args.seed, log_every=1 if args.dry_run else args.log_every,
         checkpoint_every=args.checkpoint_every, device=resolve_device(args.device), dry_run=args.dry_run,
