@@ -197,7 +197,8 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
             decoupled_lr=options["decoupled_lr"], optimizer=options["optimizer"], lr_schedule=options["lr_schedule"],
             warmup_steps=options["warmup_steps"], update_prob=args.update_prob, use_context=args.method == "cdni",
             seed=args.seed, device=resolve_device(args.device, processes=_processes_here(args, environ)),
-            progress=not args.no_progress, log_every=args.log_every, checkpoint_every=args.checkpoint_every, on_divergence=args.on_divergence,
+            progress=not args.no_progress, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+            on_divergence=args.on_divergence,
         ),
     )
     validate_classifier_config(config, build_model, explicit=explicit_options(args))

@@ -53,7 +53,8 @@ PAPER_TRAINING = {"optimizer": "adam", "lr": 3e-5, "synth_lr": 3e-5, "batch_size
 accuracies in 1/100 of the steps on the MLPs, which is what a 2-core CPU allows."""
 
 CONV_TRAINING = {"synth_lr": 1e-4, "warmup_steps": 50, "batch_size": 64}
-"""Defaults of the CNNs (``cnn``, ``cnn3``, ``cnn4``), for every method. A conv synthesizer's output layer
+"""Defaults of the CNNs (``cnn``, ``cnn3``, ``cnn4``), for every method (cDNI's synthesizers aside: see
+``CONV_CDNI_SYNTH_LR``). A conv synthesizer's output layer
 sums 5x5 x channels inputs, so Adam's first steps at 1e-3 make its outputs about 100 times the size of
 its targets (synthesizer loss ~1000 after 20 steps), and the blocks below follow that noise. Measured on
 ``--model cnn --method cdni`` after 1 epoch (seed 0; backprop 98.68%): synthesizer lr 1e-3 95.74%,
@@ -65,7 +66,8 @@ Batch 64: the CNN cells get one epoch, and a synthesizer learns per step, so twi
 same examples and compute let cDNI's synthesizers catch up. On an H100 (1 epoch, seeds 0 and 1,
 ``benchmarks/results/table1_mnist_cnn_batch_h100.md``) cDNI's gap to backprop at the same batch size
 fell from 0.56 to 0.21 and 0.18 points on cnn3 and from 1.24 to 0.47 and 0.59 on cnn4; backprop itself
-moved by at most 0.09 points."""
+moved by at most 0.09 points. On the CPU (``bench table1``, medians of 3 seeds, with ``CONV_CDNI_SYNTH_LR``)
+cDNI then trailed backprop by 0.25 (cnn3) and 0.42 points (cnn4)."""
 CONV_CDNI_SYNTH_LR = 3e-4
 """cDNI's synthesizer learning rate on the CNNs (DNI keeps ``CONV_TRAINING``'s 1e-4). With the label planes
 its targets are easier to fit, and a faster synthesizer serves the blocks below better within one epoch:
