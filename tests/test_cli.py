@@ -272,9 +272,10 @@ def test_device_auto_gives_each_pipeline_rank_a_gpu_or_uses_the_cpu(one_gpu):
     assert resolve_device("cuda", processes=1) == "cuda"
 
 
-def test_stages_on_cuda_with_fewer_gpus_is_refused_before_training(tmp_path, environ, capsys, one_gpu):
+@pytest.mark.parametrize("torchrun", [{}, {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}])
+def test_stages_on_cuda_with_fewer_gpus_is_refused_before_training(tmp_path, environ, capsys, one_gpu, torchrun):
     args = ["train", "--stages", "2", "--device", "cuda", "--layers", "3", "--out", str(tmp_path / "run")]
-    assert _run(args, environ) == 2
+    assert _run(args, {**environ, **torchrun}) == 2  # local processes, or torchrun's two on this machine
     _assert_one_line_error(capsys, "--device cuda", "2 on this machine", "1 GPU", "--device cpu")
     assert not (tmp_path / "run").exists()
 
