@@ -7,11 +7,12 @@ runs survive: checkpoints to resume from exactly, Ctrl-C, and a guard against no
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +98,20 @@ class TrainConfig:
 
 
 OPTIMIZERS = ("adam", "sgd")
+
+
+@contextlib.contextmanager
+def torch_threads(count: Optional[int]) -> Iterator[None]:
+    """``count`` torch threads while active (``None``: as they are), the previous number after. Small runs
+    (the gist's batches of 10, a small LSTM stepped one chunk at a time, a pipeline's one-process reference)
+    lose more to a second thread than they gain, or must match a rank's single thread."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 PROGRESS_KEYS = ("train/loss", "train/acc", "test/acc")
 LR_SCHEDULES = ("cosine", "constant")
 

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from tqdm.auto import tqdm
 
 from synthgrad.bench.report import markdown_table
@@ -33,7 +32,7 @@ from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, read_metrics, write_jso
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun
 from synthgrad.pipeline.launch import launch_local
 from synthgrad.pipeline.stage import block_costs, partition, stage_cut_model
-from synthgrad.trainer import TrainConfig
+from synthgrad.trainer import TrainConfig, torch_threads
 
 SCHEDULES = ("backprop", "unlocked", "gpipe", "1f1b")
 """The schedules compared on throughput and wall time, in table order; ``cdni`` follows them."""
@@ -95,12 +94,8 @@ def _run_single_process_cdni(config: PipelineBenchConfig, run_dir: Path) -> dict
         model = build_model(resolved)
         return stage_cut_model(model, partition(block_costs(model), config.num_stages))
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         summary = run_experiment(classifier, run_dir, model_builder=builder, on_note=lambda note: None)
-    finally:
-        torch.set_num_threads(threads)
     summary["samples_per_s"] = summary["steps"] * config.batch_size / summary["train_seconds"]
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from synthgrad.bench.table1 import CNN_EPOCHS, FCN_EPOCHS, TABLE1_METHODS, TABLE1_MODELS, Table1Config, run_table1
@@ -16,7 +14,7 @@ from synthgrad.cli.rnn import TINY_SHAKESPEARE, default_text
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.mnist import CONV_TRAINING
 from synthgrad.experiments.rnn import RNN_METHODS
-from synthgrad.trainer import TrainConfig
+from synthgrad.trainer import TrainConfig, torch_threads
 
 
 def add_bench_parser(commands: Any) -> None:
@@ -198,18 +196,6 @@ def _bench_rnn_command(args: argparse.Namespace) -> str:
         ("--out", args.out), ("--dry-run", args.dry_run)])
 
 
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """One torch thread while active: the runs of the rnn and gist benches are too small for a second one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     from synthgrad.bench.rnn import RNNBenchConfig, run_rnn
 
@@ -218,7 +204,7 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
                             truncations=tuple(args.truncations), methods=tuple(args.methods),
                             lm_runs=tuple(args.lm_runs),
                             dry_run=args.dry_run, progress=not args.no_progress)
-    with _one_thread():
+    with torch_threads(1):
         results = run_rnn(config, args.out, command=_bench_rnn_command(args))
     print(results["table"])
     print(f"written: {', '.join(results['files'])}")
@@ -261,7 +247,7 @@ def _bench_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = GistBenchConfig(data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)),
                              methods=tuple(args.methods), seeds=tuple(args.seeds), dry_run=args.dry_run,
                              progress=not args.no_progress)
-    with _one_thread():  # as ``synthgrad gist``: batches of 10 through a 784-100-10 net
+    with torch_threads(1):  # as ``synthgrad gist``: batches of 10 through a 784-100-10 net
         run_gist(config, args.out, command=_command_line("gist", args, ("methods", "seeds", "out")), on_note=_note)
     print((args.out / "gist.md").read_text())
 

@@ -57,7 +57,7 @@ from synthgrad.pipeline.config import (
 from synthgrad.pipeline.launch import launch_local
 from synthgrad.pipeline.runtime import run_rank
 from synthgrad.plots import plot_run
-from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig
+from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig, torch_threads
 
 
 def add_classifier_parsers(commands: Any) -> None:
@@ -285,16 +285,11 @@ def _run(config: ClassifierConfig, run_dir: Path, resume: Optional[dict[str, Any
     """Run (or, from the checkpoint ``resume``, continue) a train or gist run and report it; one path
     for both, so that a resumed run does exactly what the first one did."""
     is_gist = config.model == GIST_MODEL
-    previous_threads = torch.get_num_threads()
-    if is_gist:
-        torch.set_num_threads(1)  # batches of 10 through a 784-100-10 net: threads cost more than they give
-    try:
-        with ctrl_c_requests_stop() as stop_requested:
-            summary = run_experiment(config, run_dir, model_builder=_model_builder(config),
-                                     on_record=_gist_printer() if is_gist else print_epoch, resume=resume,
-                                     stop_requested=stop_requested)
-    finally:
-        torch.set_num_threads(previous_threads)
+    # the gist's batches of 10 through a 784-100-10 net: threads cost more than they give
+    with torch_threads(1 if is_gist else None), ctrl_c_requests_stop() as stop_requested:
+        summary = run_experiment(config, run_dir, model_builder=_model_builder(config),
+                                 on_record=_gist_printer() if is_gist else print_epoch, resume=resume,
+                                 stop_requested=stop_requested)
     report(summary, run_dir, plot_run(run_dir))
 
 

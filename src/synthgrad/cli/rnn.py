@@ -6,7 +6,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from synthgrad.cli.arguments import (DATA_ENV, add_device_argument, non_negative_int, positive, prepare_run_dir,
                                      probability, resolve_device)
@@ -14,6 +13,7 @@ from synthgrad.errors import SynthgradError
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
 from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, read_json
 from synthgrad.recurrent_plots import plot_rnn_run
+from synthgrad.trainer import torch_threads
 
 
 TINY_SHAKESPEARE = "tinyshakespeare/input.txt"
@@ -122,12 +122,8 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
             raise SynthgradError(f"--window {args.window} must be a multiple of --truncation {args.truncation}")
     run_dir = args.out if args.resume else prepare_run_dir(args.out, f"rnn-{task}-{args.method}-T{args.truncation}",
                                                            args.force)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small LSTMs, one step at a time: a second thread costs more than it gives
-    try:
+    with torch_threads(1):  # small LSTMs, one step at a time: a second thread costs more than it gives
         summary = run_rnn_experiment(config, run_dir, resume=args.resume)
-    finally:
-        torch.set_num_threads(threads)
     figures = plot_rnn_run(run_dir)
     if task == "charlm":
         print(f"validation {summary['val_bpc']:.3f} bits per character after {summary['chars_seen']} characters "
