@@ -23,7 +23,7 @@ from synthgrad.metrics import read_metrics
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous
 from synthgrad.pipeline.launch import FAILED_STATUS, free_port, launch_local, rank_main
 from synthgrad.pipeline.runtime import _lower_priority, _thread_cpu_seconds, _threads_named, checkpoint_steps, stage_dir
-from synthgrad.pipeline.stage import block_costs, partition, split_model
+from synthgrad.pipeline.stage import split_model, stage_groups
 from synthgrad.trainer import TrainConfig, TrainingInterrupted, epoch_order
 
 
@@ -87,7 +87,7 @@ def test_lockstep_gradients_equal_single_process_backprop(tmp_path):
     initial = copy.deepcopy(model)
     index = epoch_order(0, 0, len(train_split.labels))[:32]
     nn.functional.cross_entropy(model(train_split.inputs[index]), train_split.labels[index]).backward()
-    groups = partition(block_costs(model), 2)
+    groups = stage_groups(model, 2)
     for rank, (state, before, after) in enumerate(zip(final_states(tmp_path / "run"), split_model(initial, groups),
                                                       split_model(model, groups))):
         stepped = state["chain"]

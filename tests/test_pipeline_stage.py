@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from oracle import ExactSynthesizer, backprop_reference, make_blocks
 from synthgrad import DecoupledSequential, LinearSynthesizer, SynthgradError
 from synthgrad.functional import synthesizer_loss
-from synthgrad.pipeline.stage import Stage, partition, split_model, stage_cut_model
+from synthgrad.pipeline.stage import Stage, block_costs, cut_costs, partition, split_model, stage_cut_model, stage_groups
 from synthgrad.trainer import TrainConfig
 
 GROUPS = [range(0, 2), range(2, 4)]
@@ -123,11 +123,23 @@ def test_partition_balances_the_cost_of_contiguous_blocks():
         partition([1, 1, 1], 4)
 
 
-def test_split_keeps_only_the_synthesizers_at_stage_boundaries():
-    synthesizers = [LinearSynthesizer(16), LinearSynthesizer(16), LinearSynthesizer(8)]
+def test_partition_charges_a_group_for_the_synthesizer_at_its_output():
+    assert partition([1, 1, 1, 1], 2) == [range(0, 2), range(2, 4)]
+    # the synthesizer after block 1 makes the even split cost 3 below; ending after block 0 costs 2 at most
+    assert partition([1, 1, 1, 1], 2, [0.5, 1, 0, 0]) == [range(0, 1), range(1, 4)]
+    # the last group has no synthesizer at its output: block 3's entry is never charged
+    assert partition([1, 1, 1, 1], 2, [0, 0, 0, 10]) == [range(0, 2), range(2, 4)]
+
+
+def test_cut_costs_count_each_synthesizer_where_it_cuts_and_move_the_stage_boundary():
+    synthesizers = [LinearSynthesizer(16, context_dim=5), LinearSynthesizer(16, context_dim=5),
+                    LinearSynthesizer(8, context_dim=5)]
     model = DecoupledSequential(make_blocks(), synthesizers)
-    bottom, top = split_model(model, GROUPS)
-    assert bottom.synthesizer is synthesizers[1] and top.synthesizer is None
-    assert (bottom.cut_name, len(bottom.chain), len(top.chain)) == ("1", 2, 2)
-    single = stage_cut_model(model, GROUPS)
-    assert list(single.interfaces) == ["1"] and single.interfaces["1"].synthesizer is synthesizers[1]
+    params = [sum(param.numel() for param in synthesizer.parameters()) for synthesizer in synthesizers]
+    assert cut_costs(model) == [3 * params[0], 3 * params[1], 3 * params[2], 0]
+    uncut = DecoupledSequential(make_blocks(), [None, None, None])
+    assert cut_costs(uncut) == [0, 0, 0, 0]
+    # the blocks alone balance best after block 1; with its synthesizer the first stage would cost more
+    # than the blocks above, so the boundary moves down to block 0
+    assert stage_groups(uncut, 2) == partition(block_costs(uncut), 2) == [range(0, 2), range(2, 4)]
+    assert stage_groups(model, 2) == [range(0, 1), range(1, 4)]

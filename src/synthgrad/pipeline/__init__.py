@@ -4,7 +4,7 @@ from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous, c
 from synthgrad.pipeline.launch import launch_local
 from synthgrad.pipeline.runtime import run_rank
 from synthgrad.pipeline.schedule import Action, format_plan, lockstep_plan, simulate, unlocked_plan
-from synthgrad.pipeline.stage import Stage, StageModules, partition, split_model, stage_cut_model
+from synthgrad.pipeline.stage import Stage, StageModules, partition, split_model, stage_cut_model, stage_groups
 
 __all__ = [
     "Action",
@@ -24,5 +24,6 @@ __all__ = [
     "simulate",
     "split_model",
     "stage_cut_model",
+    "stage_groups",
     "unlocked_plan",
 ]

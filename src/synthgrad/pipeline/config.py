@@ -10,7 +10,7 @@ from typing import Any
 
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.mnist import ClassifierConfig, build_model, classifier_config_from_dict
-from synthgrad.pipeline.stage import block_costs, partition
+from synthgrad.pipeline.stage import stage_groups
 from synthgrad.trainer import validate_train_config
 
 SCHEDULES = ("auto", "unlocked", "lockstep", "gpipe", "1f1b")
@@ -113,7 +113,7 @@ def check_pipeline_run(run: PipelineRun, *, min_stages: int = 2) -> list[range]:
         raise SynthgradError(f"--max-staleness must be >= 0, got {pipe.max_staleness}")
     if pipe.timeout_s <= 0:
         raise SynthgradError(f"--timeout must be positive, got {pipe.timeout_s:g}")
-    return partition(block_costs(build_model(classifier)), pipe.num_stages)
+    return stage_groups(build_model(classifier), pipe.num_stages)
 
 
 def config_differences(mine: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
