@@ -22,7 +22,14 @@ from synthgrad.experiments.mnist import ClassifierConfig, build_model, load_spli
 from synthgrad.metrics import read_metrics
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun, Rendezvous
 from synthgrad.pipeline.launch import FAILED_STATUS, free_port, launch_local, rank_main
-from synthgrad.pipeline.runtime import _lower_priority, _thread_cpu_seconds, _threads_named, checkpoint_steps, stage_dir
+from synthgrad.pipeline.runtime import (
+    _lower_priority,
+    _thread_cpu_seconds,
+    _threads_named,
+    checkpoint_steps,
+    newest_common_step,
+    stage_dir,
+)
 from synthgrad.pipeline.stage import split_model, stage_groups
 from synthgrad.trainer import TrainConfig, TrainingInterrupted, epoch_order
 
@@ -111,6 +118,11 @@ def test_a_killed_rank_stops_the_other_with_its_name_and_resume_continues_the_sa
 
     launch_local(run, victim, resume=True)
     assert_same_run(victim, reference)
+
+
+def test_a_run_resumes_from_the_newest_step_that_every_stage_has():
+    assert newest_common_step([[100, 200, 300], [200, 300, 400], [300, 200]]) == 300
+    assert newest_common_step(iter([[100], [200]])) is None  # a stage wrote no step the other has
 
 
 def test_a_stop_request_stops_every_rank_at_one_step_with_checkpoints_and_resume_continues(tmp_path, reference):

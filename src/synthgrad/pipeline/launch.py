@@ -27,7 +27,7 @@ from synthgrad.errors import SynthgradError
 from synthgrad.metrics import SUMMARY_FILE
 from synthgrad.pipeline.comm import PipelineFailure
 from synthgrad.pipeline.config import PipelineRun, Rendezvous, check_pipeline_run
-from synthgrad.pipeline.runtime import checkpoint_steps, interrupted, run_rank
+from synthgrad.pipeline.runtime import checkpoint_steps, interrupted, newest_common_step, run_rank
 from synthgrad.trainer import TrainingInterrupted
 
 BAD_INPUT_STATUS, DIVERGED_STATUS, FAILED_STATUS, STOPPED_STATUS = 2, 3, 4, 5
@@ -129,9 +129,9 @@ def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None,
     statuses = [process.exitcode for process in processes]
     if all(status == STOPPED_STATUS for status in statuses):
         # each rank wrote its checkpoint of the step they stopped at: the newest step they all have
-        steps = set.intersection(*(set(checkpoint_steps(Path(run_dir), rank)) for rank in range(len(processes))))
-        if steps:
-            raise interrupted(run_dir, max(steps))
+        step = newest_common_step(checkpoint_steps(Path(run_dir), rank) for rank in range(len(processes)))
+        if step is not None:
+            raise interrupted(run_dir, step)
     if any(status == DIVERGED_STATUS for status in statuses):
         raise TrainingDiverged(f"training diverged (rank 0's message above names the steps and the last good "
                                f"checkpoint in {run_dir})")

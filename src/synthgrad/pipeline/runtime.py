@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -77,6 +77,13 @@ def checkpoint_steps(run_dir: Path, rank: int) -> list[int]:
     """The steps rank ``rank`` has a checkpoint of in ``run_dir``, oldest first."""
     directory = stage_dir(run_dir, rank)
     return [step for step, _ in list_checkpoints(directory)] if directory.is_dir() else []
+
+
+def newest_common_step(steps_of_each_rank: Iterable[Iterable[int]]) -> Optional[int]:
+    """The newest step that every rank has a checkpoint of (None if there is none): where a pipeline
+    run resumes, since the stages' checkpoints of one step belong together."""
+    common = set.intersection(*map(set, steps_of_each_rank))
+    return max(common) if common else None
 
 
 def interrupted(run_dir: Path, step: int) -> TrainingInterrupted:
@@ -554,8 +561,7 @@ class _RankTrainer:
     def _resume(self) -> int:
         """Load the newest step that every stage has a checkpoint of; returns it."""
         everyone = self.channel.gather_objects(checkpoint_steps(self.run_dir, self.rank))
-        common = sorted(set.intersection(*map(set, everyone))) if self.rank == 0 else []
-        step = self.channel.broadcast_object(common[-1] if common else None)
+        step = self.channel.broadcast_object(newest_common_step(everyone) if self.rank == 0 else None)
         if step is None:
             raise SynthgradError(f"{self.run_dir} has no step with a checkpoint of every stage (the run stopped "
                                  "before its first one); start it again with --force")
