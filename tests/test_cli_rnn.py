@@ -107,11 +107,19 @@ def test_charlm_squashes_the_cell_state_by_default_and_copy_does_not(tmp_path, t
         assert config["squash_cell"] is expected and config["target_decay"] == 0.5
 
 
-def test_target_decay_outside_zero_one_exits_2(capsys):
+@pytest.mark.parametrize("option, value", [("--target-decay", "1.5"), ("--dropout", "1")])
+def test_rates_outside_their_range_exit_2_naming_the_option(option, value, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["rnn", "copy", "--target-decay", "1.5", "--dry-run"], environ={})
+        main(["rnn", "copy", option, value, "--dry-run"], environ={})
     assert exit_.value.code == 2
-    assert "--target-decay" in capsys.readouterr().err
+    assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_dropout_is_written_to_the_config(tmp_path, text):
+    out = tmp_path / "run"
+    argv = ["rnn", "charlm", "--text", str(text), "--dropout", "0.25", "--dry-run", "--no-progress", "--out", str(out)]
+    assert main(argv, environ={}) == 0
+    assert json.loads((out / "config.json").read_text())["dropout"] == 0.25
 
 
 def test_rnn_device_is_written_to_the_config(tmp_path):

@@ -269,3 +269,20 @@ def test_boundary_context_reaches_the_synthesizer_at_each_boundary():
                             state=core.initial_state(BATCH, dtype=torch.float64), sequence_ends=False,
                             train_entering_state=True)
     assert [context[0, 0].item() for context in synthesizer.contexts] == [0, 3, 6, 9, 11]  # and a stream's ends
+
+
+def test_dropout_acts_on_the_outputs_in_training_only_and_never_on_the_state():
+    torch.manual_seed(0)
+    plain = LSTMCore(INPUT, HIDDEN, OUTPUT, num_layers=1)
+    dropped = LSTMCore(INPUT, HIDDEN, OUTPUT, num_layers=1, dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())  # dropout has no parameters: the same network
+    inputs, state = torch.randn(BATCH, LENGTH, INPUT), plain.initial_state(BATCH)
+    reference, reference_state = plain(inputs, state)
+    first, first_state = dropped(inputs, state)
+    second, _ = dropped(inputs, state)
+    assert not torch.equal(first, second)  # a fresh mask each call
+    assert_close(first_state, reference_state)  # the state a synthesizer reads is untouched
+    dropped.eval()
+    assert_close(dropped(inputs, state)[0], reference)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        LSTMCore(INPUT, HIDDEN, OUTPUT, dropout=1.0)

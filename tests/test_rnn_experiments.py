@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from synthgrad.data.sequence_tasks import copy_batch, repeat_copy_batch, task_dims
 from synthgrad.data.text import split_text
 from synthgrad.experiments.rnn import (RNNConfig, check_config, next_chunk_context, run_charlm, run_sequence_task,
-                                       scored_loss)
+                                       scored_loss, validation_bpc)
 from synthgrad.recurrent import LSTMCore, backward_through_chunks
 from synthgrad.synthesizers import LinearSynthesizer
 
@@ -39,6 +39,16 @@ def test_charlm_run_reports_validation_bpc_and_characters_seen(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [record["chars_seen"] for record in records] == [192, 384]
     assert "aux/loss" in records[-1] and "sg/cos/state" in records[-1] and records[-1]["state/norm"] > 0
+
+
+def test_validation_is_scored_without_dropout_and_leaves_the_core_training():
+    corpus = split_text(TEXT)
+    torch.manual_seed(0)
+    plain = LSTMCore(corpus.vocab_size, 16, corpus.vocab_size)
+    dropped = LSTMCore(corpus.vocab_size, 16, corpus.vocab_size, dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())
+    assert validation_bpc(dropped, corpus, batch_size=4) == pytest.approx(validation_bpc(plain, corpus, batch_size=4))
+    assert dropped.training
 
 
 def test_impossible_configurations_are_refused():

@@ -43,6 +43,7 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 non_negative_int = _checked(int, lambda value: value >= 0, "a non-negative int")
 probability = _checked(float, lambda value: 0.0 <= value <= 1.0, "a probability in [0, 1]")
+dropout_rate = _checked(float, lambda value: 0.0 <= value < 1.0, "a dropout rate in [0, 1)")
 
 
 def rank_or_full(text: str) -> Optional[int]:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-from synthgrad.cli.arguments import (DATA_ENV, add_device_argument, non_negative_int, positive, prepare_run_dir,
-                                     probability, resolve_device)
+from synthgrad.cli.arguments import (DATA_ENV, add_device_argument, dropout_rate, non_negative_int, positive,
+                                     prepare_run_dir, probability, resolve_device)
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
 from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, read_json
@@ -39,6 +39,8 @@ def add_rnn_parser(commands: Any) -> None:
                             "auxiliary task); default dni")
         parser.add_argument("--hidden-dim", type=positive(int), default=defaults.hidden_dim, help="LSTM units")
         parser.add_argument("--layers", type=positive(int), default=defaults.num_layers, help="LSTM layers")
+        parser.add_argument("--dropout", type=dropout_rate, default=defaults.dropout,
+                            help="dropout on the LSTM's outputs (never on its state); default 0")
         parser.add_argument("--synth-layers", type=non_negative_int, default=defaults.synth_layers,
                             help="hidden layers of the synthesizer (0: linear, the default)")
         parser.add_argument("--synth-width", type=positive(int), default=defaults.synth_width,
@@ -107,7 +109,7 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     task = args.task
     config = _resumed_config(args) if args.resume else RNNConfig(
         task=task, method=args.method, truncation=args.truncation, hidden_dim=args.hidden_dim,
-        num_layers=args.layers, synth_layers=args.synth_layers, synth_width=args.synth_width,
+        num_layers=args.layers, dropout=args.dropout, synth_layers=args.synth_layers, synth_width=args.synth_width,
         squash_cell=args.squash_cell,
         target_decay=args.target_decay, aux_weight=args.aux_weight, batch_size=args.batch_size, lr=args.lr,
         synth_lr=args.synth_lr, steps=args.steps, seed=args.seed, log_every=1 if args.dry_run else args.log_every,

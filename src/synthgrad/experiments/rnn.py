@@ -44,6 +44,8 @@ class RNNConfig:
     truncation: int = 3
     hidden_dim: int = 128
     num_layers: int = 1
+    dropout: float = 0.0
+    """Dropout on the LSTM's outputs on their way up (``LSTMCore``); the state is never dropped."""
     synth_layers: int = 0
     """Hidden layers of the synthesizer (0: a zero-initialised linear map of the state)."""
     synth_width: int = 256
@@ -152,7 +154,8 @@ class _Learner:
     def __init__(self, config: RNNConfig, input_dim: int, output_dim: int) -> None:
         torch.manual_seed(config.seed)
         self.config = config
-        self.core = LSTMCore(input_dim, config.hidden_dim, output_dim, num_layers=config.num_layers)
+        self.core = LSTMCore(input_dim, config.hidden_dim, output_dim, num_layers=config.num_layers,
+                             dropout=config.dropout)
         self.synthesizer, self.aux_head = build_synthesizers(config, self.core.state_dim,
                                                              config.truncation * (input_dim + output_dim))
         for module in (self.core, self.synthesizer, self.aux_head):
@@ -309,9 +312,14 @@ def validation_bpc(core: LSTMCore, corpus: CharCorpus, *, batch_size: int, max_c
     device = next(core.parameters()).device
     streams = stream_batches(data, min(batch_size, max(1, (len(data) - 1) // 2))).to(device)
     inputs = nn.functional.one_hot(streams[:, :-1], corpus.vocab_size).float()
-    with torch.no_grad():
-        outputs, _ = core(inputs, core.initial_state(streams.shape[0], device=device))
-        loss = nn.functional.cross_entropy(outputs.reshape(-1, corpus.vocab_size), streams[:, 1:].reshape(-1))
+    training = core.training
+    core.eval()  # no dropout
+    try:
+        with torch.no_grad():
+            outputs, _ = core(inputs, core.initial_state(streams.shape[0], device=device))
+            loss = nn.functional.cross_entropy(outputs.reshape(-1, corpus.vocab_size), streams[:, 1:].reshape(-1))
+    finally:
+        core.train(training)
     return loss.item() / LN2
 
 
