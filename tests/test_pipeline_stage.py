@@ -9,7 +9,15 @@ from torch.testing import assert_close
 from oracle import ExactSynthesizer, backprop_reference, make_blocks
 from synthgrad import DecoupledSequential, LinearSynthesizer, SynthgradError
 from synthgrad.functional import synthesizer_loss
-from synthgrad.pipeline.stage import Stage, block_costs, cut_costs, partition, split_model, stage_cut_model, stage_groups
+from synthgrad.pipeline.stage import (
+    Stage,
+    block_costs,
+    cut_costs,
+    partition,
+    split_model,
+    stage_cut_model,
+    stage_groups,
+)
 from synthgrad.trainer import TrainConfig
 
 GROUPS = [range(0, 2), range(2, 4)]

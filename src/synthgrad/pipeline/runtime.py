@@ -114,7 +114,8 @@ def run_rank(run: PipelineRun, rendezvous: Rendezvous, run_dir: Path, *, resume:
         raise SynthgradError(f"--stages {run.pipeline.num_stages} but the job has {rendezvous.world_size} processes: "
                              "start one process per stage (torchrun --nproc-per-node/--nnodes)")
     torch.set_num_threads(run.pipeline.threads)
-    device = torch.device("cuda", rendezvous.local_rank) if run.classifier.train.device == "cuda" else torch.device("cpu")
+    on_gpu = run.classifier.train.device == "cuda"
+    device = torch.device("cuda", rendezvous.local_rank) if on_gpu else torch.device("cpu")
     _init_process_group(rendezvous, "nccl" if device.type == "cuda" else "gloo", run.pipeline.timeout_s)
     if device.type == "cpu":
         _lower_priority(_GLOO_NETWORK_THREAD, NETWORK_THREAD_NICE)
@@ -272,7 +273,8 @@ class _RankTrainer:
         return self._order[1][batch * size:(batch + 1) * size]
 
     def _reset_interval(self) -> None:
-        self.loss_sum, self.correct, self.seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        self.loss_sum, self.correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        self.seen = 0
         self.sg_sum, self.sg_count = torch.zeros(2, device=self.device), 0
         self.synth_count, self.staleness_sum, self.staleness_max = 0, 0, 0
 
@@ -365,9 +367,9 @@ class _RankTrainer:
                 self._torch_step(step)
                 progress.update()
             return
-        synth_every = self.train_config.synth_every
-        plan = (unlocked_plan(self.num_stages, steps, self.run.pipeline.max_staleness, synth_every)
-                if self.schedule == "unlocked" else lockstep_plan(self.num_stages, steps, self.run.pipeline.micro_batches))
+        pipeline = self.run.pipeline
+        plan = (unlocked_plan(self.num_stages, steps, pipeline.max_staleness, self.train_config.synth_every)
+                if self.schedule == "unlocked" else lockstep_plan(self.num_stages, steps, pipeline.micro_batches))
         pending: dict[int, tuple[Tensor, Optional[Tensor], Callable[[], Tensor]]] = {}
         inputs = self._post_inputs(steps) if self.schedule == "unlocked" and not self.is_first else None
         last_forward = -1
@@ -468,7 +470,8 @@ class _RankTrainer:
         # uninitialised tensors, which leaves NaN in BatchNorm's running statistics (measured: 10% test
         # accuracy). Their values from before that step are put back: the step's own batches are lost
         # to the running averages, nothing else.
-        buffers = None if self._torch_stepped else {name: buffer.clone() for name, buffer in self.stage.chain.named_buffers()}
+        buffers = (None if self._torch_stepped
+                   else {name: buffer.clone() for name, buffer in self.stage.chain.named_buffers()})
         self._torch_stepped = True
         try:
             if self.is_first:

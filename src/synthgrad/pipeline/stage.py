@@ -97,7 +97,8 @@ def split_model(model: DecoupledSequential, groups: Sequence[range]) -> list[Sta
     stages = []
     for index, group in enumerate(groups):
         is_last = index == len(groups) - 1
-        interface = None if is_last else model.interfaces[str(group[-1])] if str(group[-1]) in model.interfaces else None
+        cut = str(group[-1])
+        interface = model.interfaces[cut] if not is_last and cut in model.interfaces else None
         stages.append(StageModules(nn.Sequential(*(model.blocks[block] for block in group)),
                                    None if interface is None else interface.synthesizer, group[0], group[-1]))
     return stages
