@@ -53,8 +53,9 @@ def block_costs(model: DecoupledSequential) -> list[int]:
 def cut_costs(model: DecoupledSequential) -> list[int]:
     """The share of a training step that the synthesizer cutting each block's output adds to the stage
     that owns it (0 where no synthesizer cuts): its parameter count times 3, for the prediction, the
-    forward of its own training step and its weight gradient (its input needs no gradient). Only a
-    stage's output synthesizer runs, so this counts once per stage boundary. On the MNIST MLP cDNI's
+    forward of its own training step and its weight gradients (a rough count for a synthesizer with
+    hidden layers, whose backward also passes gradients between them). Only a stage's output
+    synthesizer runs, so this counts once per stage boundary. On the MNIST MLP cDNI's
     factored linear synthesizer counts a quarter of a hidden block, yet a profile of the first rank
     put it at 12% of the rank's time (small matrices pay more per multiply-add); left out, a 7-layer
     split of equal block costs left the first rank the slower (28.4 against 26.3 us per sample)."""
@@ -64,7 +65,8 @@ def cut_costs(model: DecoupledSequential) -> list[int]:
     return costs
 
 
-def partition(costs: Sequence[float], num_stages: int, boundary_costs: Optional[Sequence[float]] = None) -> list[range]:
+def partition(costs: Sequence[float], num_stages: int,
+              boundary_costs: Optional[Sequence[float]] = None) -> list[range]:
     """Contiguous groups of block indices, one per stage, none empty, minimising the largest group's
     cost (ties: the earliest boundaries). A group that ends at block ``i`` below the last stage also
     pays ``boundary_costs[i]`` (its output synthesizer, ``cut_costs``). Raises ``SynthgradError`` if
