@@ -67,12 +67,12 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
     assert main(argv, environ={}) == 0
     table = (out / "rnn.md").read_text()
     assert table.startswith("Made by `synthgrad bench rnn --tasks copy repeat-copy --truncations 2 3 4 5 --methods "
-                            "bptt dni dni-aux --steps 20000 --lm-runs bptt:8 dni:8 dni-aux:8 bptt:16 bptt:32 "
-                            f"--lm-steps 3000 --text {text} --seed 0 --out {out} --dry-run`")
+                            "bptt dni dni-aux --steps 20000 --lm-runs bptt:8 dni:8 cdni:8 dni-aux:8 bptt:16 bptt:32 "
+                            f"--lm-steps 8000 --lm-dropout 0.25 --text {text} --seed 0 --out {out} --dry-run`")
     assert "| DNI | 0 (16) | 0 (14) | 0 (18) | 0 (18) |" in table  # ours beside the paper's Copy numbers
     assert "| BPTT | 0 (7) | 0 (5) | 0 (19) | 0 (23) |" in table  # Repeat Copy
     results = json.loads((out / "results.json").read_text())
-    assert len(results["sequence"]) == 24 and len(results["charlm"]) == 5
+    assert len(results["sequence"]) == 24 and len(results["charlm"]) == 6
     assert (out / "bpc_vs_chars.png").read_bytes().startswith(PNG_SIGNATURE)
     finished = {path: path.stat().st_mtime_ns for path in out.glob("cells/*/summary.json")}
     assert main(argv, environ={}) == 0  # every cell is found finished and skipped
@@ -93,6 +93,7 @@ def test_bench_rnn_language_model_runs_are_chosen_as_method_and_truncation(tmp_p
                  "--lm-runs", "dni:4", "bptt:16"], environ={}) == 0
     results = json.loads((out / "results.json").read_text())
     assert [(row["method"], row["truncation"]) for row in results["charlm"]] == [("dni", 4), ("bptt", 16)]
+    assert json.loads((out / "cells" / "charlm-dni-T4" / "config.json").read_text())["dropout"] == 0.25
     with pytest.raises(SystemExit):
         main(["bench", "rnn", "--lm-runs", "dni-8"], environ={})
     assert "expected METHOD:T" in capsys.readouterr().err

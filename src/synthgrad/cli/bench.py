@@ -9,7 +9,8 @@ from typing import Any, Optional, Sequence
 from tqdm.auto import tqdm
 
 from synthgrad.bench.table1 import CNN_EPOCHS, FCN_EPOCHS, TABLE1_METHODS, TABLE1_MODELS, Table1Config, run_table1
-from synthgrad.cli.arguments import DATA_ENV, non_negative_int, positive, resolve_data_dir, resolve_device
+from synthgrad.cli.arguments import (DATA_ENV, dropout_rate, non_negative_int, positive, resolve_data_dir,
+                                     resolve_device)
 from synthgrad.cli.rnn import TINY_SHAKESPEARE, default_text
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.mnist import CONV_TRAINING
@@ -135,6 +136,8 @@ def add_bench_rnn_parser(bench_commands: Any) -> None:
                        help=f"batches per Copy / Repeat Copy cell (default {defaults.steps})")
     bench.add_argument("--lm-steps", type=positive(int), default=defaults.lm_steps,
                        help=f"windows per language-model run (default {defaults.lm_steps})")
+    bench.add_argument("--lm-dropout", type=dropout_rate, default=defaults.lm_dropout,
+                       help=f"dropout on the language model's LSTM outputs (default {defaults.lm_dropout})")
     bench.add_argument("--text", type=Path, help=f"language-model text (default ${DATA_ENV}/{TINY_SHAKESPEARE})")
     bench.add_argument("--tasks", nargs="*", choices=defaults.tasks, default=list(defaults.tasks),
                        help="sequence tasks of the table (none: only the language model)")
@@ -192,7 +195,8 @@ def _bench_rnn_command(args: argparse.Namespace) -> str:
         ("--tasks", args.tasks), ("--truncations", args.truncations), ("--methods", args.methods),
         ("--steps", args.steps), ("--skip-lm", args.skip_lm),
         ("--lm-runs", None if args.skip_lm else [f"{method}:{truncation}" for method, truncation in args.lm_runs]),
-        ("--lm-steps", None if args.skip_lm else args.lm_steps), ("--text", args.text), ("--seed", args.seed),
+        ("--lm-steps", None if args.skip_lm else args.lm_steps),
+        ("--lm-dropout", None if args.skip_lm else args.lm_dropout), ("--text", args.text), ("--seed", args.seed),
         ("--out", args.out), ("--dry-run", args.dry_run)])
 
 
@@ -202,7 +206,7 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     text = None if args.skip_lm else str(default_text(args.text, environ))
     config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seed=args.seed, tasks=tuple(args.tasks),
                             truncations=tuple(args.truncations), methods=tuple(args.methods),
-                            lm_runs=tuple(args.lm_runs),
+                            lm_runs=tuple(args.lm_runs), lm_dropout=args.lm_dropout,
                             dry_run=args.dry_run, progress=not args.no_progress)
     with torch_threads(1):
         results = run_rnn(config, args.out, command=_bench_rnn_command(args))
