@@ -2,7 +2,7 @@
 import json
 import re
 
-from synthgrad.bench.pipeline import PipelineBenchConfig, run_pipeline
+from synthgrad.bench.pipeline import PipelineBenchConfig, round_speedups, run_pipeline
 from synthgrad.cli import main
 from synthgrad.cli.bench import _PIPELINE_OPTIONS, _bench_rnn_command, _command_line, reproducing_command
 from synthgrad.cli.main import build_parser
@@ -18,6 +18,9 @@ def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
         assert {"samples_per_s", "test_acc", "seconds_to_97"} <= row.keys()
         assert row["samples_per_s"] > 0 and 0 <= row["final_test_acc"] <= 1, name
     assert results["schedules"]["unlocked"]["processes"] == 2
+    unlocked, backprop = results["schedules"]["unlocked"], results["schedules"]["backprop"]
+    assert unlocked["median_speedup"] == unlocked["samples_per_s"] / backprop["samples_per_s"]  # one round
+    assert backprop["speedup_per_repeat"] == [1.0]
     for name in ("backprop", "unlocked", "gpipe", "1f1b"):  # each rank's processor time per sample
         row = results["schedules"][name]
         assert len(row["cpu_us_per_sample"]) == len(row["network_cpu_us_per_sample"]) == row["processes"], name
@@ -47,6 +50,13 @@ def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
 def test_bench_pipeline_needs_two_stages(tmp_path, capsys):
     assert main(["bench", "pipeline", "--stages", "1", "--dry-run", "--out", str(tmp_path)], environ={}) == 2
     assert "--stages 1: the benchmark compares pipelines of at least 2 stages" in capsys.readouterr().err
+
+
+def test_speedups_are_taken_round_by_round_against_the_backprop_run_of_the_same_round():
+    backprop = [{"samples_per_s": 20.0}, {"samples_per_s": 25.0}, {"samples_per_s": 20.0}]
+    unlocked = [{"samples_per_s": 30.0}, {"samples_per_s": 35.0}, {"samples_per_s": 34.0}]
+    # the fastest runs alone would say 35 / 25 = 1.4x; each round against its own backprop run says 1.5-1.7x
+    assert round_speedups(unlocked, backprop) == [1.5, 1.4, 1.7]
 
 
 def test_the_recorded_command_is_rebuilt_from_the_parsed_options_like_the_other_benchmarks():

@@ -73,7 +73,8 @@ def add_bench_pipeline_parser(bench_commands: Any) -> None:
     bench.add_argument("--seed", type=int, default=defaults.seed)
     bench.add_argument("--repeats", type=positive(int), default=defaults.repeats,
                        help="run every schedule this many times, round-robin, and count the fastest run of each "
-                       "(on a shared machine the others measure the other jobs too)")
+                       "(on a shared machine the others measure the other jobs too); the table also gives the "
+                       "median over the rounds of each schedule's speed-up on that round's backprop run")
 
 
 def _mnist_bench_parser(bench_commands: Any, name: str, help: str,
