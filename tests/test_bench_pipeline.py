@@ -65,7 +65,7 @@ def test_the_recorded_command_is_rebuilt_from_the_parsed_options_like_the_other_
 
     args = build_parser().parse_args(["bench", "pipeline", "--no-progress", "--repeats", "3", "--out", "/tmp/b"])
     assert _bench_pipeline_command(args) == (
-        "synthgrad bench pipeline --epochs 3 --layers 8 --width 256 --batch-size 256 --stages 2 --micro-batches 4 "
+        "synthgrad bench pipeline --epochs 3 --layers 12 --width 256 --batch-size 256 --stages 2 --micro-batches 4 "
         "--max-staleness 1 --seed 0 --repeats 3 --out /tmp/b")  # whatever sys.argv holds
     args = build_parser().parse_args(["bench", "pipeline", "--dry-run", "--data-dir", "d", "--max-staleness", "0"])
     assert _bench_pipeline_command(args).endswith("--max-staleness 0 --seed 0 --repeats 1 --data-dir d "
