@@ -61,8 +61,9 @@ class RNNBenchConfig:
     0.25 on its outputs, 8000 windows (16.4 M characters, 4.5-8.5 minutes of one core per run). Without
     dropout the LSTM overfits the 1 M training characters after about 3000 windows (6.1 M characters;
     ``benchmarks/results/rnn/charlm_protocol.md``); with it every run is still improving there and ends
-    0.04-0.09 bits below where those ended (``benchmarks/results/rnn/charlm_dropout.md``). At 128 units and 1200 windows (the first protocol) every run sat at 2.69-2.76
-    bits per character, with no T=8 / T=32 gap to close."""
+    0.04-0.09 bits below where those ended (``benchmarks/results/rnn/charlm_dropout.md``). At 128 units
+    and 1200 windows (the first protocol) every run sat at 2.69-2.76 bits per character, with no T=8 /
+    T=32 gap to close."""
     seed: int = 0
     dry_run: bool = False
     progress: bool = True

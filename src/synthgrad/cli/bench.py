@@ -28,7 +28,8 @@ def add_bench_parser(commands: Any) -> None:
                         help=f"default all: {' '.join(TABLE1_MODELS)}")
     table1.add_argument("--methods", nargs="+", default=list(TABLE1_METHODS),
                         help=f"default all: {' '.join(TABLE1_METHODS)}")
-    table1.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; the table shows the median")
+    table1.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one run per seed; the table shows the median")
     table1.add_argument("--epochs", type=positive(int),
                         help=f"epochs of every cell (default {FCN_EPOCHS} for FCNs, {CNN_EPOCHS} for CNNs)")
     table1.add_argument("--batch-size", type=positive(int),
@@ -89,7 +90,8 @@ def _mnist_bench_parser(bench_commands: Any, name: str, help: str,
     if seeds is not None:
         bench.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
                            help=f"one run per seed; the table shows the median (default {' '.join(map(str, seeds))})")
-    bench.add_argument("--dry-run", action="store_true", help="a few steps per cell (on at most 1024 examples, or stand-in data): a smoke test")
+    bench.add_argument("--dry-run", action="store_true",
+                       help="a few steps per cell (on at most 1024 examples, or stand-in data): a smoke test")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     return bench
 
@@ -205,7 +207,8 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     from synthgrad.bench.rnn import RNNBenchConfig, run_rnn
 
     text = None if args.skip_lm else str(default_text(args.text, environ))
-    config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seed=args.seed, tasks=tuple(args.tasks),
+    config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seed=args.seed,
+                            tasks=tuple(args.tasks),
                             truncations=tuple(args.truncations), methods=tuple(args.methods),
                             lm_runs=tuple(args.lm_runs), lm_dropout=args.lm_dropout,
                             dry_run=args.dry_run, progress=not args.no_progress)

@@ -119,7 +119,8 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if task == "repeat-copy" and not args.resume:
         config.max_repeats = args.max_repeats
     if task == "charlm" and not args.resume:
-        config.text, config.window, config.eval_every = str(default_text(args.text, environ)), args.window, args.eval_every
+        config.text = str(default_text(args.text, environ))
+        config.window, config.eval_every = args.window, args.eval_every
         if args.window % args.truncation:
             raise SynthgradError(f"--window {args.window} must be a multiple of --truncation {args.truncation}")
     run_dir = args.out if args.resume else prepare_run_dir(args.out, f"rnn-{task}-{args.method}-T{args.truncation}",

@@ -226,7 +226,8 @@ def _resume(run_dir: Path, learner: _Learner) -> tuple[int, dict[str, Any]]:
 def _synthesizer_metrics(results: list[WindowResult]) -> dict[str, float]:
     losses = [value for result in results for value in result.synthesizer_losses]
     cosines = [value for result in results for value in result.cosines]
-    metrics = {"sg/loss/state": sum(losses) / len(losses), "sg/cos/state": sum(cosines) / len(cosines)} if losses else {}
+    metrics = ({"sg/loss/state": sum(losses) / len(losses), "sg/cos/state": sum(cosines) / len(cosines)}
+               if losses else {})
     aux = [value for result in results for value in result.aux_losses]
     if aux:
         metrics["aux/loss"] = sum(aux) / len(aux)
