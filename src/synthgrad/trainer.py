@@ -112,6 +112,8 @@ def torch_threads(count: Optional[int]) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
 PROGRESS_KEYS = ("train/loss", "train/acc", "test/acc")
 LR_SCHEDULES = ("cosine", "constant")
 
