@@ -26,6 +26,11 @@ def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
         assert len(row["cpu_us_per_sample"]) == len(row["network_cpu_us_per_sample"]) == row["processes"], name
         assert all(value > 0 for value in row["cpu_us_per_sample"]), name
     assert results["schedules"]["cdni"]["cpu_us_per_sample"] is None  # one process outside the pipeline runtime
+    # the cDNI runs, pipelined and in one process, train the blocks below the cut at the decoupled rate; the others not
+    train_configs = {name: json.loads((out / name / "config.json").read_text()) for name in results["schedules"]}
+    train_configs = {name: saved.get("classifier", saved)["train"] for name, saved in train_configs.items()}
+    assert {name: train["decoupled_lr"] for name, train in train_configs.items()} == {
+        "backprop": None, "unlocked": config.decoupled_lr, "gpipe": None, "1f1b": None, "cdni": config.decoupled_lr}
     table = (out / "pipeline.md").read_text().splitlines()
     assert table[0] == "Made by `synthgrad bench pipeline --dry-run`."
     rows = [line.split(" | ") for line in table if line.startswith("| ")]
@@ -65,11 +70,11 @@ def test_the_recorded_command_is_rebuilt_from_the_parsed_options_like_the_other_
 
     args = build_parser().parse_args(["bench", "pipeline", "--no-progress", "--repeats", "3", "--out", "/tmp/b"])
     assert _bench_pipeline_command(args) == (
-        "synthgrad bench pipeline --epochs 3 --layers 12 --width 256 --batch-size 256 --stages 2 --micro-batches 4 "
-        "--max-staleness 1 --seed 0 --repeats 3 --out /tmp/b")  # whatever sys.argv holds
+        "synthgrad bench pipeline --epochs 3 --layers 12 --width 512 --batch-size 256 --stages 2 --micro-batches 4 "
+        "--max-staleness 1 --decoupled-lr 0.0005 --seed 0 --repeats 3 --out /tmp/b")  # whatever sys.argv holds
     args = build_parser().parse_args(["bench", "pipeline", "--dry-run", "--data-dir", "d", "--max-staleness", "0"])
-    assert _bench_pipeline_command(args).endswith("--max-staleness 0 --seed 0 --repeats 1 --data-dir d "
-                                                  "--out runs/bench-pipeline --dry-run")
+    assert _bench_pipeline_command(args).endswith("--max-staleness 0 --decoupled-lr 0.0005 --seed 0 --repeats 1 "
+                                                  "--data-dir d --out runs/bench-pipeline --dry-run")
     args = build_parser().parse_args(["bench", "rnn", "--skip-lm", "--tasks", "--truncations", "4"])
     assert _bench_rnn_command(args) == ("synthgrad bench rnn --tasks --truncations 4 --methods bptt dni dni-aux "
                                         "--steps 20000 --skip-lm --seed 0 --out runs/bench-rnn")

@@ -71,6 +71,9 @@ def add_bench_pipeline_parser(bench_commands: Any) -> None:
     bench.add_argument("--stages", type=positive(int), default=defaults.num_stages)
     bench.add_argument("--micro-batches", type=positive(int), default=defaults.micro_batches)
     bench.add_argument("--max-staleness", type=non_negative_int, default=defaults.max_staleness)
+    bench.add_argument("--decoupled-lr", type=positive(float), default=defaults.decoupled_lr,
+                       help="learning rate of the cDNI blocks below the top cut (default %(default)g; the "
+                       "backprop, GPipe and 1F1B runs train every block at 1e-3)")
     bench.add_argument("--seed", type=int, default=defaults.seed)
     bench.add_argument("--repeats", type=positive(int), default=defaults.repeats,
                        help="run every schedule this many times, round-robin, and count the fastest run of each "
@@ -226,14 +229,15 @@ def _bench_pipeline(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = PipelineBenchConfig(
         data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)), layers=args.layers, width=args.width,
         epochs=args.epochs, batch_size=args.batch_size, num_stages=args.stages, micro_batches=args.micro_batches,
-        max_staleness=args.max_staleness, seed=args.seed, repeats=args.repeats, dry_run=args.dry_run)
+        max_staleness=args.max_staleness, decoupled_lr=args.decoupled_lr, seed=args.seed, repeats=args.repeats,
+        dry_run=args.dry_run)
     command = _command_line("pipeline", args, _PIPELINE_OPTIONS)
     run_pipeline(config, args.out, command=command, progress=not args.no_progress)
     print((args.out / TABLE_FILE).read_text())
 
 
-_PIPELINE_OPTIONS = ("epochs", "layers", "width", "batch_size", "stages", "micro_batches", "max_staleness", "seed",
-                     "repeats", "data_dir", "out")
+_PIPELINE_OPTIONS = ("epochs", "layers", "width", "batch_size", "stages", "micro_batches", "max_staleness",
+                     "decoupled_lr", "seed", "repeats", "data_dir", "out")
 """What ``synthgrad bench pipeline`` records of its options (all but ``--no-progress``)."""
 
 
