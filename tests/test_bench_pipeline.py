@@ -26,7 +26,7 @@ def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
         assert len(row["cpu_us_per_sample"]) == len(row["network_cpu_us_per_sample"]) == row["processes"], name
         assert all(value > 0 for value in row["cpu_us_per_sample"]), name
     assert results["schedules"]["cdni"]["cpu_us_per_sample"] is None  # one process outside the pipeline runtime
-    # the cDNI runs, pipelined and in one process, train the blocks below the cut at the decoupled rate; the others not
+    # both cDNI runs (pipelined, one process) train the blocks below the cut at the decoupled rate; the others do not
     train_configs = {name: json.loads((out / name / "config.json").read_text()) for name in results["schedules"]}
     train_configs = {name: saved.get("classifier", saved)["train"] for name, saved in train_configs.items()}
     assert {name: train["decoupled_lr"] for name, train in train_configs.items()} == {

@@ -67,7 +67,8 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
     assert main(argv, environ={}) == 0
     table = (out / "rnn.md").read_text()
     assert table.startswith("Made by `synthgrad bench rnn --tasks copy repeat-copy --truncations 2 3 4 5 --methods "
-                            "bptt dni dni-aux --steps 20000 --hidden-dim 128 --batch-size 32 --lm-runs bptt:8 dni:8 cdni:8 dni-aux:8 bptt:16 bptt:32 "
+                            "bptt dni dni-aux --steps 20000 --hidden-dim 128 --batch-size 32 --lm-runs bptt:8 dni:8 "
+                            "cdni:8 dni-aux:8 bptt:16 bptt:32 "
                             f"--lm-steps 8000 --lm-dropout 0.25 --text {text} --seed 0 --out {out} --dry-run`")
     assert "| DNI | 0 (16) | 0 (14) | 0 (18) | 0 (18) |" in table  # ours beside the paper's Copy numbers
     assert "| BPTT | 0 (7) | 0 (5) | 0 (19) | 0 (23) |" in table  # Repeat Copy
@@ -144,7 +145,8 @@ def test_rnn_resume_continues_the_run_in_out_and_refuses_what_it_cannot(tmp_path
             "--batch-size", "2", "--no-progress", "--out", str(out)]
     assert main(argv, environ={}) == 0
     reference = json.loads((out / "summary.json").read_text())
-    assert sorted(path.name for path in out.glob("checkpoint-*.pt")) == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]
+    checkpoints = sorted(path.name for path in out.glob("checkpoint-*.pt"))
+    assert checkpoints == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]
     assert main(["rnn", "copy", "--resume", "--out", str(out)], environ={}) == 2
     assert "holds a finished run" in capsys.readouterr().err
     (out / "summary.json").unlink()  # as if killed before the end: continue from the newest checkpoint

@@ -133,8 +133,9 @@ def _tables(config: Table1Config, cells: dict[str, Any], dataset: str) -> str:
         label = f"{model_label(model)} ({epochs:g} epoch{'' if epochs == 1 else 's'})"
         errors.append([label, *(f"{cell['test_error']:.2f}" for cell in row)])
         minutes.append([label, *(f"{cell['train_minutes']:.1f}" for cell in row)])
+    which_seeds = f"median of {seeds} seeds" if seeds > 1 else f"seed {config.seeds[0]}"
     return "\n".join([
-        f"**{DATASET_LABELS[dataset]}**, test error % ({'median of ' + str(seeds) + ' seeds' if seeds > 1 else 'seed ' + str(config.seeds[0])}):",
+        f"**{DATASET_LABELS[dataset]}**, test error % ({which_seeds}):",
         "", markdown_table(header, errors),
         "Minutes of training per run (optimisation only):", "", markdown_table(header, minutes),
     ])
