@@ -31,6 +31,7 @@ def test_dry_run_writes_results_and_a_table_and_skips_finished_runs(tmp_path):
     train_configs = {name: saved.get("classifier", saved)["train"] for name, saved in train_configs.items()}
     assert {name: train["decoupled_lr"] for name, train in train_configs.items()} == {
         "backprop": None, "unlocked": config.decoupled_lr, "gpipe": None, "1f1b": None, "cdni": config.decoupled_lr}
+    assert (out / "pipeline.png").read_bytes().startswith(b"\x89PNG")
     table = (out / "pipeline.md").read_text().splitlines()
     assert table[0] == "Made by `synthgrad bench pipeline --dry-run`."
     rows = [line.split(" | ") for line in table if line.startswith("| ")]

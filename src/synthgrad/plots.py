@@ -4,7 +4,7 @@ Reads ``metrics.jsonl`` (and ``samples.pt`` when present) and writes PNG files b
 ``loss.png`` (raw and smoothed training loss, test loss), ``accuracy.png``, ``synthetic_gradients.png``
 (per cut: cosine between synthetic and target gradient, and synthesizer loss), ``gradients.png``
 (true vs synthetic gradient at each cut for one test batch) and ``predictions.png`` (test digits with
-the model's predictions). The last two are the seed gist's figures, with its bug fixed: the gist drew
+the model's predictions); the benchmarks' comparisons of several runs are drawn here too. The last two are the seed gist's figures, with its bug fixed: the gist drew
 the true gradient in both panels.
 """
 from __future__ import annotations
@@ -67,6 +67,24 @@ def plot_test_error_curves(curves: dict[str, dict[str, list[Path]]], *, title: s
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
     figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_accuracy_against_seconds(timelines: dict[str, list[tuple[float, float]]], *, target: float, title: str,
+                                  path: Path) -> Path:
+    """Test accuracy % against seconds of training, one line per entry of ``timelines`` (``(seconds,
+    accuracy)`` at every evaluation), with the ``target`` accuracy drawn across: which run gets there
+    first, and how far each gets in the same time, at a glance."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for name, timeline in timelines.items():
+        axis.plot([seconds for seconds, _ in timeline], [100 * acc for _, acc in timeline], "o-", markersize=3,
+                  label=name)
+    axis.axhline(100 * target, color="grey", linestyle=":", label=f"{100 * target:g}%")
+    finals = [100 * acc for timeline in timelines.values() for _, acc in timeline[len(timeline) // 2:]]
+    if finals:  # zoom on the second half of training, where the runs are told apart
+        axis.set_ylim(min(min(finals), 100 * target) - 1, max(finals) + 0.3)
+    axis.set(title=title, xlabel="seconds of training", ylabel="test accuracy %")
+    axis.legend()
     return _save(figure, path)
 
 

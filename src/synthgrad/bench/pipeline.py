@@ -37,7 +37,7 @@ from synthgrad.trainer import TrainConfig, torch_threads
 
 SCHEDULES = ("backprop", "unlocked", "gpipe", "1f1b")
 """The schedules compared on throughput and wall time, in table order; ``cdni`` follows them."""
-RESULTS_FILE, TABLE_FILE = "results.json", "pipeline.md"
+RESULTS_FILE, TABLE_FILE, FIGURE_FILE = "results.json", "pipeline.md", "pipeline.png"
 
 
 @dataclass
@@ -147,8 +147,9 @@ def run_pipeline(config: PipelineBenchConfig, out_dir: Path, *, command: str = "
                  progress: bool = True) -> dict[str, Any]:
     """Run every cell missing from ``out_dir`` (one run directory each, ``<schedule>`` and, for further
     repeats, ``<schedule>-<n>``), then write
-    ``out_dir/results.json`` (``{"schedules": {name: {samples_per_s, test_acc, seconds_to_97, ...}}}``)
-    and ``out_dir/pipeline.md`` (first line: ``command``). Returns the results."""
+    ``out_dir/results.json`` (``{"schedules": {name: {samples_per_s, test_acc, seconds_to_97, ...}}}``),
+    ``out_dir/pipeline.md`` (first line: ``command``) and ``out_dir/pipeline.png`` (test accuracy against
+    seconds of training, the fastest run of each schedule). Returns the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = (*SCHEDULES, "cdni")
@@ -190,6 +191,11 @@ def run_pipeline(config: PipelineBenchConfig, out_dir: Path, *, command: str = "
                "config": asdict(config)}
     write_json(out_dir / RESULTS_FILE, results)
     (out_dir / TABLE_FILE).write_text(format_table(results))
+    from synthgrad.plots import plot_accuracy_against_seconds  # matplotlib only when drawing
+
+    plot_accuracy_against_seconds({_DESCRIPTIONS[name]: timelines[name] for name in SCHEDULES},
+                                  target=config.target_acc, path=out_dir / FIGURE_FILE,
+                                  title=f"MNIST MLP, {config.layers} x {config.width}, {config.num_stages} stages")
     return results
 
 
