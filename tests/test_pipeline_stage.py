@@ -15,7 +15,6 @@ from synthgrad.pipeline.stage import (
     cut_costs,
     partition,
     split_model,
-    stage_cut_model,
     stage_groups,
 )
 from synthgrad.trainer import TrainConfig

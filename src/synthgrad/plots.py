@@ -4,8 +4,9 @@ Reads ``metrics.jsonl`` (and ``samples.pt`` when present) and writes PNG files b
 ``loss.png`` (raw and smoothed training loss, test loss), ``accuracy.png``, ``synthetic_gradients.png``
 (per cut: cosine between synthetic and target gradient, and synthesizer loss), ``gradients.png``
 (true vs synthetic gradient at each cut for one test batch) and ``predictions.png`` (test digits with
-the model's predictions); the benchmarks' comparisons of several runs are drawn here too. The last two are the seed gist's figures, with its bug fixed: the gist drew
-the true gradient in both panels.
+the model's predictions). The last two are the seed gist's figures, with its bug fixed: the gist drew
+the true gradient in both panels. The benchmarks' figures of several runs on shared axes are drawn here
+too.
 """
 from __future__ import annotations
 
