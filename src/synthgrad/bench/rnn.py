@@ -53,8 +53,9 @@ class RNNBenchConfig:
     methods: tuple[str, ...] = METHODS
     hidden_dim: int = RNNConfig.hidden_dim
     batch_size: int = RNNConfig.batch_size
-    """The LSTM's units and the batch of the Copy / Repeat Copy cells. On a lent GPU, 256 units and batches
-    of 256 took DNI at T=3 one length further than 128 and 32 (README, "Recurrent results")."""
+    """The LSTM's units and the batch of the Copy / Repeat Copy cells. At 256 units and batches of 256 DNI
+    solved Copy of lengths 2, 3, 3, 4 at T = 2..5 (BPTT 1, 2, 1, 2, as at 128 and 32, where DNI had 2, 2,
+    3, 4), 8-11 minutes of one core per cell (``benchmarks/results/rnn/copy_256_units_batch_256.md``)."""
     lm_runs: tuple[tuple[str, int], ...] = LM_RUNS
     lm_hidden_dim: int = 256
     lm_eval_every: int = 500
