@@ -55,7 +55,8 @@ class RNNBenchConfig:
     batch_size: int = RNNConfig.batch_size
     """The LSTM's units and the batch of the Copy / Repeat Copy cells. At 256 units and batches of 256 DNI
     solved Copy of lengths 2, 3, 3, 4 at T = 2..5 (BPTT 1, 2, 1, 2, as at 128 and 32, where DNI had 2, 2,
-    3, 4), 8-11 minutes of one core per cell (``benchmarks/results/rnn/copy_256_units_batch_256.md``)."""
+    3, 4) but Repeat Copy of 1 at every T (2, 2, 2, 3 at 128 and 32), 5-12.5 minutes of one core per cell
+    (``benchmarks/results/rnn/copy_repeat_copy_256_units_batch_256.md``)."""
     lm_runs: tuple[tuple[str, int], ...] = LM_RUNS
     lm_hidden_dim: int = 256
     lm_eval_every: int = 500
