@@ -78,6 +78,6 @@ def test_the_recorded_command_is_rebuilt_from_the_parsed_options_like_the_other_
                                                   "--data-dir d --out runs/bench-pipeline --dry-run")
     args = build_parser().parse_args(["bench", "rnn", "--skip-lm", "--tasks", "--truncations", "4"])
     assert _bench_rnn_command(args) == ("synthgrad bench rnn --tasks --truncations 4 --methods bptt dni dni-aux "
-                                        "--steps 20000 --skip-lm --seed 0 --out runs/bench-rnn")
+                                        "--steps 20000 --skip-lm --seeds 0 --out runs/bench-rnn")
     assert reproducing_command("x", [("--a", None), ("--b", False), ("--c", True), ("--d", (1, 2)), ("--e", 0)]) == (
         "synthgrad bench x --c --d 1 2 --e 0")

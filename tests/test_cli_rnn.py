@@ -69,7 +69,7 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
     assert table.startswith("Made by `synthgrad bench rnn --tasks copy repeat-copy --truncations 2 3 4 5 --methods "
                             "bptt dni dni-aux --steps 20000 --hidden-dim 128 --batch-size 32 --lm-runs bptt:8 dni:8 "
                             "cdni:8 dni-aux:8 bptt:16 bptt:32 "
-                            f"--lm-steps 8000 --lm-dropout 0.25 --text {text} --seed 0 --out {out} --dry-run`")
+                            f"--lm-steps 8000 --lm-dropout 0.25 --text {text} --seeds 0 --out {out} --dry-run`")
     assert "| DNI | 0 (16) | 0 (14) | 0 (18) | 0 (18) |" in table  # ours beside the paper's Copy numbers
     assert "| BPTT | 0 (7) | 0 (5) | 0 (19) | 0 (23) |" in table  # Repeat Copy
     results = json.loads((out / "results.json").read_text())
@@ -87,8 +87,27 @@ def test_bench_rnn_subset_keeps_the_paper_numbers_of_its_columns(tmp_path):
                 environ={}) == 0
     table = (out / "rnn.md").read_text()
     assert "| DNI | 0 (18) |" in table and "BPTT" not in table and "charlm" not in table
-    cell = json.loads((out / "cells" / "copy-dni-T4" / "config.json").read_text())
+    cell = json.loads((out / "cells" / "copy-dni-T4-seed0" / "config.json").read_text())
     assert (cell["hidden_dim"], cell["batch_size"]) == (16, 8)  # the sequence cells' LSTM and batch
+
+
+def test_bench_rnn_runs_every_seed_and_reports_the_median(tmp_path, text):
+    out = tmp_path / "bench"
+    assert main(["bench", "rnn", "--dry-run", "--no-progress", "--out", str(out), "--tasks", "copy", "--truncations",
+                 "4", "--methods", "dni", "--lm-runs", "bptt:4", "--text", str(text), "--hidden-dim", "16",
+                 "--seeds", "3", "5", "4"], environ={}) == 0
+    assert sorted(path.name for path in (out / "cells").iterdir()) == [
+        "charlm-bptt-T4-seed3", "charlm-bptt-T4-seed4", "charlm-bptt-T4-seed5",
+        "copy-dni-T4-seed3", "copy-dni-T4-seed4", "copy-dni-T4-seed5"]
+    assert json.loads((out / "cells" / "copy-dni-T4-seed5" / "config.json").read_text())["seed"] == 5
+    results = json.loads((out / "results.json").read_text())
+    lm = results["charlm"][0]
+    assert len(lm["val_bpc"]) == 3 and lm["val_bpc_median"] == sorted(lm["val_bpc"])[1]
+    assert len(lm["val_bpc_curves"]) == 3
+    assert results["sequence"][0]["max_length_solved"] == [0, 0, 0]
+    table = (out / "rnn.md").read_text()
+    assert "median of seeds 3, 5, 4" in table and "| DNI | 0 [0, 0, 0] (18) |" in table
+    assert f"| {lm['val_bpc_median']:.3f} | {lm['best_val_bpc_median']:.3f} |" in table  # final and best
 
 
 def test_bench_rnn_language_model_runs_are_chosen_as_method_and_truncation(tmp_path, text, capsys):
@@ -97,7 +116,7 @@ def test_bench_rnn_language_model_runs_are_chosen_as_method_and_truncation(tmp_p
                  "--lm-runs", "dni:4", "bptt:16"], environ={}) == 0
     results = json.loads((out / "results.json").read_text())
     assert [(row["method"], row["truncation"]) for row in results["charlm"]] == [("dni", 4), ("bptt", 16)]
-    assert json.loads((out / "cells" / "charlm-dni-T4" / "config.json").read_text())["dropout"] == 0.25
+    assert json.loads((out / "cells" / "charlm-dni-T4-seed0" / "config.json").read_text())["dropout"] == 0.25
     with pytest.raises(SystemExit):
         main(["bench", "rnn", "--lm-runs", "dni-8"], environ={})
     assert "expected METHOD:T" in capsys.readouterr().err

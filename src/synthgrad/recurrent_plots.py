@@ -8,7 +8,7 @@ seen for a language-model run. ``plot_bpc_curves`` draws several language-model 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -37,7 +37,7 @@ def plot_rnn_run(run_dir: Path) -> list[Path]:
     if not records:
         return []
     if "val/bpc" in records[0]:
-        return [plot_bpc_curves({"": run_dir}, run_dir / "bpc.png", show_train=True)]
+        return [plot_bpc_curves({"": [run_dir]}, run_dir / "bpc.png", show_train=True)]
     figure, length_axes = plt.subplots(figsize=(6, 4))
     length_axes.plot(*_column(records, "step", "length"), color="C0")
     length_axes.set(title="Curriculum", xlabel="training step", ylabel="sequence length", )
@@ -47,16 +47,18 @@ def plot_rnn_run(run_dir: Path) -> list[Path]:
     return [_save(figure, run_dir / "curriculum.png")]
 
 
-def plot_bpc_curves(runs: Mapping[str, Path], path: Path, *, show_train: bool = False) -> Path:
-    """Validation bits per character against characters seen, one line per ``label: run_dir``."""
+def plot_bpc_curves(runs: Mapping[str, Sequence[Path]], path: Path, *, show_train: bool = False) -> Path:
+    """Validation bits per character against characters seen, one colour per ``label: [run_dir, ...]``
+    (a line per run, e.g. per seed: the spread between seeds stays visible)."""
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    for index, (label, run_dir) in enumerate(runs.items()):
-        records = _records(run_dir)
-        axes.plot(*_column(records, "chars_seen", "val/bpc"), "o-", markersize=3, color=f"C{index}",
-                  label=f"{label} validation".strip())
-        if show_train:
-            axes.plot(*_column(records, "chars_seen", "train/bpc"), color=f"C{index}", alpha=0.4,
-                      label=f"{label} train".strip())
+    for index, (label, run_dirs) in enumerate(runs.items()):
+        for seed, run_dir in enumerate(run_dirs):
+            records = _records(run_dir)
+            axes.plot(*_column(records, "chars_seen", "val/bpc"), "o-", markersize=3, color=f"C{index}",
+                      label=f"{label} validation".strip() if seed == 0 else None)
+            if show_train:
+                axes.plot(*_column(records, "chars_seen", "train/bpc"), color=f"C{index}", alpha=0.4,
+                          label=f"{label} train".strip() if seed == 0 else None)
     axes.set(title="Character-level language model", xlabel="characters seen", ylabel="bits per character")
     axes.legend()
     return _save(figure, path)

@@ -159,7 +159,8 @@ def add_bench_rnn_parser(bench_commands: Any) -> None:
                        help="language-model curves as METHOD:T (default: "
                        f"{' '.join(f'{method}:{truncation}' for method, truncation in defaults.lm_runs)})")
     bench.add_argument("--skip-lm", action="store_true", help="only the Copy / Repeat Copy table")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds),
+                       help="one run per seed in every cell; the tables give the median (default 0)")
     bench.add_argument("--dry-run", action="store_true", help="a few updates per cell: checks the pipeline")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -207,7 +208,7 @@ def _bench_rnn_command(args: argparse.Namespace) -> str:
         ("--batch-size", args.batch_size if args.tasks else None), ("--skip-lm", args.skip_lm),
         ("--lm-runs", None if args.skip_lm else [f"{method}:{truncation}" for method, truncation in args.lm_runs]),
         ("--lm-steps", None if args.skip_lm else args.lm_steps),
-        ("--lm-dropout", None if args.skip_lm else args.lm_dropout), ("--text", args.text), ("--seed", args.seed),
+        ("--lm-dropout", None if args.skip_lm else args.lm_dropout), ("--text", args.text), ("--seeds", args.seeds),
         ("--out", args.out), ("--dry-run", args.dry_run)])
 
 
@@ -215,7 +216,7 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     from synthgrad.bench.rnn import RNNBenchConfig, run_rnn
 
     text = None if args.skip_lm else str(default_text(args.text, environ))
-    config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seed=args.seed,
+    config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seeds=tuple(args.seeds),
                             tasks=tuple(args.tasks),
                             truncations=tuple(args.truncations), methods=tuple(args.methods),
                             hidden_dim=args.hidden_dim, batch_size=args.batch_size,
