@@ -27,6 +27,7 @@ def test_copy_run_follows_the_curriculum_and_writes_its_directory(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [record["length"] for record in records] == [5, 10]  # the length of each record's last batch
     assert {"step", "length", "train/bpc", "max_length_solved", "sg/loss/state", "sg/cos/state"} <= set(records[0])
+    assert all(-1 <= record["sg/cos_true/state"] <= 1 for record in records)  # against the true future gradient
     assert json.loads((tmp_path / "config.json").read_text())["method"] == "dni"
 
 
@@ -205,3 +206,4 @@ def test_a_cdni_run_gives_its_synthesizer_the_next_chunk(task, tmp_path):
     assert weight.shape == (2 * 8, 2 * 8 + 3 * (input_dim + output_dim))  # [h, c, next chunk] -> gradient
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < record["sg/cos/state"] <= 1 for record in records)
+    assert task == "charlm" or all(-1 <= record["sg/cos_true/state"] <= 1 for record in records)

@@ -1,9 +1,12 @@
-"""Look at synthetic gradients next to the true ones, without disturbing the model being trained."""
+"""Look at synthetic gradients next to the true ones, without disturbing the model being trained:
+``gradient_snapshot`` at the cuts of a feed-forward model, ``boundary_gradient_snapshot`` at the chunk
+boundaries of a recurrent one."""
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
+import torch
 from torch import Tensor, nn
 
 from synthgrad.interfaces import named_backward_interfaces
@@ -38,3 +41,38 @@ def gradient_snapshot(
     if missing:
         raise RuntimeError(f"no gradient reached cuts {missing}: are their activations used by the loss?")
     return {name: pairs[name] for name, _ in cuts}
+
+
+def boundary_gradient_snapshot(
+    core: nn.Module,
+    inputs: Tensor,
+    chunk_loss: Callable[[Tensor, int, int], Tensor],
+    truncation: int,
+    synthesizer: nn.Module,
+    *,
+    boundary_context: Optional[Callable[[int], Tensor]] = None,
+) -> list[tuple[int, Tensor, Tensor]]:
+    """For one batch of whole sequences ``(B, L, input_dim)``: at every chunk boundary, ``(step, synthetic,
+    true)``, the step the boundary comes before, the synthesizer's prediction from the state there and the
+    *true* future gradient ``B * dL/ds`` of the loss of every later step (backpropagated through the rest
+    of the sequence), both ``(B, state_dim)``; arguments as in ``synthgrad.recurrent.backward_through_chunks``.
+
+    Why: a recurrent synthesizer is trained on a bootstrapped target, which holds the next synthesizer's
+    guess instead of the gradient from further on; its cosine with that target can look fine while the
+    chunk receives a gradient unrelated to the future it should learn from. Uses ``torch.autograd.grad``,
+    so no parameter's ``.grad`` changes."""
+    batch, length = inputs.shape[0], inputs.shape[1]
+    state = core.initial_state(batch, dtype=inputs.dtype, device=inputs.device)
+    loss, boundaries = inputs.new_zeros(()), []
+    for start in range(0, length, truncation):
+        stop = min(start + truncation, length)
+        outputs, state = core(inputs[:, start:stop], state)
+        loss = loss + chunk_loss(outputs, start, stop)
+        if stop < length:
+            boundaries.append((stop, state))
+    if not boundaries:
+        return []
+    true_grads = torch.autograd.grad(loss, [boundary for _, boundary in boundaries])
+    with torch.no_grad():
+        return [(step, synthesizer(boundary) if boundary_context is None else synthesizer(boundary, boundary_context(step)),
+                 true_grad * batch) for (step, boundary), true_grad in zip(boundaries, true_grads)]

@@ -24,8 +24,10 @@ from synthgrad.checkpoints import (checkpoint_path, load_latest_checkpoint, load
 from synthgrad.data.sequence_tasks import SEQUENCE_TASKS, SequenceBatch, sequence_batch, task_dims
 from synthgrad.data.text import CharCorpus, load_text, stream_batches
 from synthgrad.experiments.curriculum import SOLVED_BITS, Curriculum
+from synthgrad.functional import gradient_cosine
 from synthgrad.errors import SynthgradError
 from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
+from synthgrad.probe import boundary_gradient_snapshot
 from synthgrad.recurrent import LSTMCore, SquashedCellInput, WindowResult, backward_through_chunks
 from synthgrad.synthesizers import LinearSynthesizer, MLPSynthesizer
 
@@ -234,6 +236,21 @@ def _synthesizer_metrics(results: list[WindowResult]) -> dict[str, float]:
     return metrics
 
 
+def _true_gradient_metrics(learner: _Learner, batch: SequenceBatch, chunk_loss: Callable,
+                           boundary_context: Optional[Callable[[int], Tensor]]) -> dict[str, float]:
+    """``sg/cos_true/state``: the cosine between the synthetic gradient and the true future gradient,
+    averaged over the boundaries of ``batch`` (``synthgrad.probe.boundary_gradient_snapshot``), where
+    ``sg/cos/state`` compares with the bootstrapped target the synthesizer learns from."""
+    if learner.synthesizer is None:
+        return {}
+    snapshot = boundary_gradient_snapshot(learner.core, batch.inputs, chunk_loss, learner.config.truncation,
+                                          learner.synthesizer, boundary_context=boundary_context)
+    if not snapshot:
+        return {}
+    cosines = [gradient_cosine(synthetic, true).item() for _, synthetic, true in snapshot]
+    return {"sg/cos_true/state": sum(cosines) / len(cosines)}
+
+
 def _start_run(config: RNNConfig, run_dir: Path) -> None:
     check_config(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +306,8 @@ def run_sequence_task(config: RNNConfig, run_dir: Path, on_record: Optional[Call
             if step % config.log_every == 0 or step == steps:
                 record = {"step": step, "length": length, "train/bpc": sum(errors) / len(errors),
                           "max_length_solved": curriculum.max_length_solved, "train_seconds": train_seconds,
-                          **_synthesizer_metrics(recent)}
+                          **_synthesizer_metrics(recent),
+                          **_true_gradient_metrics(learner, batch, chunk_loss, boundary_context)}
                 log.write(record)
                 if on_record:
                     on_record(record)
