@@ -74,5 +74,6 @@ def boundary_gradient_snapshot(
         return []
     true_grads = torch.autograd.grad(loss, [boundary for _, boundary in boundaries])
     with torch.no_grad():
-        return [(step, synthesizer(boundary) if boundary_context is None else synthesizer(boundary, boundary_context(step)),
-                 true_grad * batch) for (step, boundary), true_grad in zip(boundaries, true_grads)]
+        return [(step, synthesizer(boundary) if boundary_context is None
+                 else synthesizer(boundary, boundary_context(step)), true_grad * batch)
+                for (step, boundary), true_grad in zip(boundaries, true_grads)]

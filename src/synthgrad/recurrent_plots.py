@@ -2,8 +2,9 @@
 only other module that imports matplotlib.
 
 ``curriculum.png``: the curriculum's length and the training error (bits per character) per step of a
-Copy / Repeat Copy run. ``bpc.png``: training and validation bits per character against characters
-seen for a language-model run. ``plot_bpc_curves`` draws several language-model runs on one figure.
+Copy / Repeat Copy run, and with a synthesizer its cosine to its target and to the true future gradient.
+``bpc.png``: training and validation bits per character against characters seen for a language-model
+run. ``plot_bpc_curves`` draws several language-model runs on one figure.
 """
 from __future__ import annotations
 
@@ -38,12 +39,22 @@ def plot_rnn_run(run_dir: Path) -> list[Path]:
         return []
     if "val/bpc" in records[0]:
         return [plot_bpc_curves({"": [run_dir]}, run_dir / "bpc.png", show_train=True)]
-    figure, length_axes = plt.subplots(figsize=(6, 4))
+    cosines = {"sg/cos/state": "to its bootstrapped target", "sg/cos_true/state": "to the true future gradient"}
+    cosines = {key: label for key, label in cosines.items() if key in records[-1]}
+    figure, panels = plt.subplots(1, 2 if cosines else 1, figsize=(11 if cosines else 6, 4), squeeze=False)
+    length_axes = panels[0, 0]
     length_axes.plot(*_column(records, "step", "length"), color="C0")
     length_axes.set(title="Curriculum", xlabel="training step", ylabel="sequence length", )
     error_axes = length_axes.twinx()
     error_axes.plot(*_column(records, "step", "train/bpc"), color="C1", alpha=0.6)
     error_axes.set(ylabel="error (bits per character)", yscale="log")
+    if cosines:  # how much of the future the synthesizer predicts, next to what it is trained on
+        cosine_axes = panels[0, 1]
+        for key, label in cosines.items():
+            cosine_axes.plot(*_column(records, "step", key), label=label)
+        cosine_axes.axhline(0.0, color="grey", linewidth=0.8)
+        cosine_axes.set(title="Synthetic gradient: cosine", xlabel="training step", ylabel="cosine")
+        cosine_axes.legend()
     return [_save(figure, run_dir / "curriculum.png")]
 
 

@@ -6,9 +6,9 @@ for truncations T = 2, 3, 4, 5 with BPTT, DNI and DNI+Aux, each cell a run of ``
 model: validation bits per character against characters seen, for BPTT and DNI at several T.
 
 Writes into ``out_dir``: ``cells/<name>-seed<S>/`` (one run directory per cell and seed; a run whose
-``summary.json`` exists for the same configuration is not run again, so an interrupted bench resumes), and through
-``synthgrad.bench.report`` ``results.json`` and ``rnn.md`` (the tables; the first line names the
-command), plus ``bpc_vs_chars.png``.
+``summary.json`` exists for the same configuration is not run again, so an interrupted bench resumes),
+and through ``synthgrad.bench.report`` ``results.json`` and ``rnn.md`` (the tables; the first line
+names the command), plus ``bpc_vs_chars.png``.
 """
 from __future__ import annotations
 
