@@ -39,8 +39,8 @@ def plot_rnn_run(run_dir: Path) -> list[Path]:
         return []
     if "val/bpc" in records[0]:
         return [plot_bpc_curves({"": [run_dir]}, run_dir / "bpc.png", show_train=True)]
-    cosines = {"sg/cos/state": "to its bootstrapped target", "sg/cos_true/state": "to the true future gradient"}
-    cosines = {key: label for key, label in cosines.items() if key in records[-1]}
+    cosine_labels = {"sg/cos/state": "to its bootstrapped target", "sg/cos_true/state": "to the true future gradient"}
+    cosines = {key: label for key, label in cosine_labels.items() if any(key in record for record in records)}
     figure, panels = plt.subplots(1, 2 if cosines else 1, figsize=(11 if cosines else 6, 4), squeeze=False)
     length_axes = panels[0, 0]
     length_axes.plot(*_column(records, "step", "length"), color="C0")

@@ -24,8 +24,8 @@ from synthgrad.checkpoints import (checkpoint_path, load_latest_checkpoint, load
 from synthgrad.data.sequence_tasks import SEQUENCE_TASKS, SequenceBatch, sequence_batch, task_dims
 from synthgrad.data.text import CharCorpus, load_text, stream_batches
 from synthgrad.experiments.curriculum import SOLVED_BITS, Curriculum
-from synthgrad.functional import gradient_cosine
 from synthgrad.errors import SynthgradError
+from synthgrad.functional import gradient_cosine
 from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
 from synthgrad.probe import boundary_gradient_snapshot
 from synthgrad.recurrent import LSTMCore, SquashedCellInput, WindowResult, backward_through_chunks
