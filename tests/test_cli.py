@@ -113,7 +113,8 @@ def test_train_dry_run_writes_a_complete_run_directory(tmp_path, environ, no_net
     last = records[-1]
     assert last["step"] == DRY_RUN_STEPS and 0.0 <= last["test/acc"] <= 1.0
     sg_keys = {key for record in records for key in record if key.startswith("sg/")}
-    expected_sg = set() if method == "backprop" else {f"sg/{kind}/{cut}" for kind in ("cos", "loss") for cut in cuts}
+    expected_sg = set() if method == "backprop" else {f"sg/{kind}/{cut}" for kind in ("cos", "loss", "cos_true")
+                                                      for cut in cuts}
     assert sg_keys == expected_sg
 
     summary = json.loads((run_dir / "summary.json").read_text())

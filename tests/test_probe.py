@@ -1,13 +1,15 @@
-"""gradient_snapshot and boundary_gradient_snapshot: true gradients at every cut or chunk boundary, without
-touching the model."""
+"""gradient_snapshot, true_gradient_cosines and boundary_gradient_snapshot: true gradients at every cut or
+chunk boundary, without touching the model."""
 import copy
 
+import pytest
 import torch
 from torch.testing import assert_close
 
 from oracle import backprop_reference, make_blocks
 from synthgrad import DecoupledSequential, LinearSynthesizer
-from synthgrad.probe import boundary_gradient_snapshot, gradient_snapshot
+from synthgrad.functional import gradient_cosine
+from synthgrad.probe import boundary_gradient_snapshot, gradient_snapshot, true_gradient_cosines
 from synthgrad.recurrent import LSTMCore
 
 
@@ -50,3 +52,20 @@ def test_boundary_snapshot_gives_the_true_future_gradient_at_every_boundary():
     core.zero_grad(set_to_none=True)
     boundary_gradient_snapshot(core, inputs, chunk_loss, 3, synthesizer, boundary_context=contexts.get)
     assert all(p.grad is None for p in [*core.parameters(), *synthesizer.parameters()])  # autograd.grad only
+
+
+def test_true_gradient_cosines_compare_every_cut_with_backprop():
+    x, y = torch.randn(6, 12), torch.randint(0, 5, (6,))
+    blocks = make_blocks()
+    _, true_grads = backprop_reference(blocks, x, y)
+    synthesizers = [LinearSynthesizer(16), LinearSynthesizer(16), LinearSynthesizer(8)]
+    for synthesizer in synthesizers:
+        torch.nn.init.normal_(synthesizer.net[-1].weight)  # a nonzero prediction, so the cosine means something
+    model = DecoupledSequential(copy.deepcopy(blocks), synthesizers)
+    expected, h = {}, x
+    with torch.no_grad():
+        for cut, (block, synthesizer, true) in enumerate(zip(copy.deepcopy(blocks), synthesizers, true_grads)):
+            h = block.train()(h)
+            expected[f"sg/cos_true/{cut}"] = gradient_cosine(synthesizer(h), true).item()
+    assert true_gradient_cosines(model, x, y) == pytest.approx(expected)
+    assert true_gradient_cosines(torch.nn.Sequential(*blocks), x, y) == {}  # no cuts, nothing to compare

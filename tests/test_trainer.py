@@ -98,7 +98,8 @@ def test_metrics_records_cadence_and_keys(tmp_path):
     assert [record["step"] for record in records if "test/acc" in record] == [10, 20, 25]
     train_keys = {"step", "epoch", "train/loss", "train/acc", "sg/loss/0", "sg/cos/0", "sg/loss/1", "sg/cos/1"}
     for record in records:
-        assert set(record) == train_keys | ({"test/loss", "test/acc"} if "test/acc" in record else set())
+        evaluation_keys = {"test/loss", "test/acc", "sg/cos_true/0", "sg/cos_true/1"}  # true-gradient cosines too
+        assert set(record) == train_keys | (evaluation_keys if "test/acc" in record else set())
         assert record["epoch"] == pytest.approx(record["step"] / 10)
         assert 0.0 <= record["train/acc"] <= 1.0 and record["train/loss"] > 0
         assert -1.0 <= record["sg/cos/0"] <= 1.0 and record["sg/loss/0"] >= 0
@@ -127,7 +128,7 @@ def test_metric_keys_name_the_cut_block_when_some_boundaries_are_uncut(tmp_path)
     model = _model(cut=(False, True))
     assert list(model.interfaces) == ["1"]  # the interface after block 1
     summary = train(model, _separable(64, seed=1), _separable(64, seed=2), _config(steps=2), tmp_path)
-    assert {key for key in summary if key.startswith("sg/")} == {"sg/loss/1", "sg/cos/1"}
+    assert {key for key in summary if key.startswith("sg/")} == {"sg/loss/1", "sg/cos/1", "sg/cos_true/1"}
 
 
 # ------------------------------------------------------------------------------ schedule, optimizer

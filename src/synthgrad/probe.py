@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from synthgrad.functional import gradient_cosine
 from synthgrad.interfaces import named_backward_interfaces
 
 
@@ -41,6 +42,18 @@ def gradient_snapshot(
     if missing:
         raise RuntimeError(f"no gradient reached cuts {missing}: are their activations used by the loss?")
     return {name: pairs[name] for name, _ in cuts}
+
+
+def true_gradient_cosines(model: nn.Module, inputs: Tensor, labels: Tensor, *,
+                          context: Optional[Tensor] = None) -> dict[str, float]:
+    """``sg/cos_true/<k>`` at every cut of ``model``: the cosine between the synthetic and the true gradient
+    on one batch (``gradient_snapshot``; the model is left alone). ``sg/cos/<k>`` compares with the target
+    a synthesizer learns from, which below the top cut is bootstrapped from the synthesizer above: this
+    one says how much of the real gradient reaches each block. Empty for a model without cuts."""
+    if not named_backward_interfaces(model):
+        return {}
+    return {f"sg/cos_true/{name}": gradient_cosine(synthetic, true).item()
+            for name, (synthetic, true) in gradient_snapshot(model, inputs, labels, context=context).items()}
 
 
 def boundary_gradient_snapshot(

@@ -31,6 +31,7 @@ from synthgrad.interfaces import (
     synthesizer_parameters,
 )
 from synthgrad.metrics import FINAL_CHECKPOINT, MetricsLog, truncate_metrics
+from synthgrad.probe import true_gradient_cosines
 
 
 class Split(NamedTuple):
@@ -328,6 +329,8 @@ def train(
     cut_statistics = _CutStatistics(model)
     guard = DivergenceGuard(model, optimizer, scheduler, run_dir, config.on_divergence)
     update_rng = torch.Generator().manual_seed(config.seed)  # which blocks update, for update_prob < 1
+    probe_batch = {"inputs": train_inputs[:config.batch_size], "labels": train_labels[:config.batch_size],
+                   "context": None if train_contexts is None else train_contexts[:config.batch_size]}  # sg/cos_true
 
     best_acc, last_record, train_seconds, start_step = 0.0, {}, 0.0, 0
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
@@ -408,7 +411,8 @@ def train(
                 seen = 0
                 if is_eval:
                     test = evaluate(model, test_split)
-                    record.update({"test/loss": test["loss"], "test/acc": test["acc"]})
+                    record.update({"test/loss": test["loss"], "test/acc": test["acc"]},
+                                  **true_gradient_cosines(model, **probe_batch))
                     best_acc = max(best_acc, test["acc"])
                 log.write(record)
                 last_record.update(record)
