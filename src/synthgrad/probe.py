@@ -1,6 +1,6 @@
 """Look at synthetic gradients next to the true ones, without disturbing the model being trained:
-``gradient_snapshot`` at the cuts of a feed-forward model, ``boundary_gradient_snapshot`` at the chunk
-boundaries of a recurrent one."""
+``gradient_snapshot`` (and its cosines, ``true_gradient_cosines``) at the cuts of a feed-forward model,
+``boundary_gradient_snapshot`` at the chunk boundaries of a recurrent one."""
 from __future__ import annotations
 
 import copy
