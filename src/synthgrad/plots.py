@@ -2,7 +2,8 @@
 
 Reads ``metrics.jsonl`` (and ``samples.pt`` when present) and writes PNG files beside them:
 ``loss.png`` (raw and smoothed training loss, test loss), ``accuracy.png``, ``synthetic_gradients.png``
-(per cut: cosine between synthetic and target gradient, and synthesizer loss), ``gradients.png``
+(per cut: cosine between synthetic and target gradient, and at evaluations to the true gradient; and
+synthesizer loss), ``gradients.png``
 (true vs synthetic gradient at each cut for one test batch) and ``predictions.png`` (test digits with
 the model's predictions). The last two are the seed gist's figures, with its bug fixed: the gist drew
 the true gradient in both panels. The benchmarks' figures of several runs on shared axes are drawn here
@@ -125,11 +126,15 @@ def _plot_accuracy(records: list[dict], path: Path) -> Path:
 
 def _plot_synthetic_gradients(records: list[dict], cuts: list[str], path: Path) -> Path:
     figure, (cosine_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4))
-    for cut in cuts:
-        cosine_axes.plot(*_series(records, f"sg/cos/{cut}"), label=f"cut {cut}")
-        loss_axes.plot(*_series(records, f"sg/loss/{cut}"), label=f"cut {cut}")
+    for index, cut in enumerate(cuts):
+        color = f"C{index}"
+        cosine_axes.plot(*_series(records, f"sg/cos/{cut}"), color=color, label=f"cut {cut}")
+        # at evaluations: how much of the true gradient the cut passes on (its target is bootstrapped below the top)
+        cosine_axes.plot(*_series(records, f"sg/cos_true/{cut}"), "o--", markersize=3, color=color)
+        loss_axes.plot(*_series(records, f"sg/loss/{cut}"), color=color, label=f"cut {cut}")
     cosine_axes.axhline(0.0, color="grey", linewidth=0.8)
-    cosine_axes.set(title="cos(synthetic, target gradient)", xlabel="training step", ylabel="cosine")
+    cosine_axes.set(title="Synthetic gradient: cosine to its target (dashed: to the true gradient)",
+                    xlabel="training step", ylabel="cosine")
     loss_axes.set(title="Synthesizer loss", xlabel="training step", ylabel="L2 loss", yscale="log")
     cosine_axes.legend()
     loss_axes.legend()
