@@ -580,7 +580,7 @@ def test_bench_table1_dry_run_writes_the_table_and_resumes(tmp_path, environ, no
     assert table.startswith("Made by `synthgrad bench table1 --datasets mnist --models fcn3 cnn3 --methods no-backprop "
                             "cdni --seeds 0 1 --batch-size 8 --out ")
     assert "|  | No Bprop | cDNI |" in table
-    assert "| FCN 3 layers" in table and "| CNN 3 layers" in table and "median of 2 seeds" in table
+    assert "| FCN 3 layers" in table and "| CNN 3 layers" in table and "median of seeds 0, 1" in table
     results = json.loads((out / "results.json").read_text())["cells"]
     assert len(results) == 2 * 2
     cell = results["mnist/fcn3/cdni"]

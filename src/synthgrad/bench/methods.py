@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from synthgrad.bench.cells import run_cells
-from synthgrad.bench.report import check_choices, markdown_table, seed_medians, write_report
+from synthgrad.bench.report import check_choices, markdown_table, seed_medians, seeds_phrase, write_report
 from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, training_defaults
 from synthgrad.trainer import TrainConfig
 
@@ -86,7 +86,6 @@ def run_methods(config: MethodsBenchConfig, out_dir: Path, *, command: str = "sy
                             "final cosine per cut (bottom first)"], rows)
     threads = torch.get_num_threads()  # the seconds depend on it; the command line does not show it
     results = {"command": command, "config": asdict(config), "threads": threads, "variants": variants}
-    seeds = f"median of {len(config.seeds)} seeds" if len(config.seeds) > 1 else f"seed {config.seeds[0]}"
     write_report(out_dir, "methods", command, results,
-                 [f"MNIST MLP, {seeds}; {threads} torch thread{'s' if threads > 1 else ''} per run.", table])
+                 [f"MNIST MLP, {seeds_phrase(config.seeds)}; {threads} torch thread{'s' if threads > 1 else ''} per run.", table])
     return results

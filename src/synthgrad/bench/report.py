@@ -37,6 +37,11 @@ def check_choices(option: str, chosen: Sequence[str], allowed: Sequence[str]) ->
         raise SynthgradError(f"--{option} {' '.join(chosen) or '(none)'}: choose from {', '.join(allowed)}")
 
 
+def seeds_phrase(seeds: Sequence[int]) -> str:
+    """How a table names what its numbers are: ``median of seeds 0, 1, 2`` or ``seed 0``."""
+    return f"median of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+
+
 def seed_medians(summaries: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
     """For each of ``keys``: ``key`` -> its value in every summary (one per seed, in order) and
     ``key_median`` -> their median."""

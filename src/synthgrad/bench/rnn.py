@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from synthgrad.data.text import load_text
 from synthgrad.experiments.rnn import RNNConfig, run_rnn_experiment
-from synthgrad.bench.report import RESULTS_FILE, markdown_table, seed_medians, write_report
+from synthgrad.bench.report import RESULTS_FILE, markdown_table, seed_medians, seeds_phrase, write_report
 from synthgrad.metrics import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
 
 TRUNCATIONS = (2, 3, 4, 5)
@@ -154,9 +154,7 @@ def _sections(config: RNNBenchConfig, sequence: list[dict], charlm: list[dict]) 
     budgets = ([f"{config.steps} batches per Copy / Repeat Copy cell"] if sequence else []) + (
         [f"{config.lm_steps} windows of {config.lm_window} characters on 32 streams per language model "
          f"(LSTM of {config.lm_hidden_dim})"] if charlm else [])
-    seeds = (f"median of seeds {', '.join(map(str, config.seeds))}" if len(config.seeds) > 1
-             else f"seed {config.seeds[0]}")
-    budget = ", ".join((["a dry run"] if config.dry_run else budgets) + [seeds])
+    budget = ", ".join((["a dry run"] if config.dry_run else budgets) + [seeds_phrase(config.seeds)])
     sections = [f"Budget: {budget}; 2-core CPU, one thread per run."]
     header = ["method", *(f"T={truncation}" for truncation in config.truncations), "seconds per run"]
     each_seed = " [each seed]" if len(config.seeds) > 1 else ""

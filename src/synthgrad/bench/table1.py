@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from synthgrad.bench.cells import run_cells
-from synthgrad.bench.report import check_choices, markdown_table, write_report
+from synthgrad.bench.report import check_choices, markdown_table, seeds_phrase, write_report
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.mnist import (
     CNN_PRESETS,
@@ -125,7 +125,6 @@ def _cell_dir(out_dir: Path, dataset: str, model: str, method: str, seed: int) -
 def _tables(config: Table1Config, cells: dict[str, Any], dataset: str) -> str:
     """The paper's layout for one dataset: test error % per model and method, then training minutes."""
     header = ["", *(METHOD_LABELS[method] for method in config.methods)]
-    seeds = len(config.seeds)
     errors, minutes = [], []
     for model in config.models:
         row = [cells[f"{dataset}/{model}/{method}"] for method in config.methods]
@@ -133,9 +132,8 @@ def _tables(config: Table1Config, cells: dict[str, Any], dataset: str) -> str:
         label = f"{model_label(model)} ({epochs:g} epoch{'' if epochs == 1 else 's'})"
         errors.append([label, *(f"{cell['test_error']:.2f}" for cell in row)])
         minutes.append([label, *(f"{cell['train_minutes']:.1f}" for cell in row)])
-    which_seeds = f"median of {seeds} seeds" if seeds > 1 else f"seed {config.seeds[0]}"
     return "\n".join([
-        f"**{DATASET_LABELS[dataset]}**, test error % ({which_seeds}):",
+        f"**{DATASET_LABELS[dataset]}**, test error % ({seeds_phrase(config.seeds)}):",
         "", markdown_table(header, errors),
         "Minutes of training per run (optimisation only):", "", markdown_table(header, minutes),
     ])
