@@ -67,7 +67,8 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
     assert main(argv, environ={}) == 0
     table = (out / "rnn.md").read_text()
     assert table.startswith("Made by `synthgrad bench rnn --tasks copy repeat-copy --truncations 2 3 4 5 --methods "
-                            "bptt dni dni-aux --steps 20000 --hidden-dim 128 --batch-size 32 --lm-runs bptt:8 dni:8 "
+                            "bptt dni dni-aux --steps 20000 --hidden-dim 128 --batch-size 32 --lr 0.003 --lm-runs bptt:8 "
+                            "dni:8 "
                             "cdni:8 dni-aux:8 bptt:16 bptt:32 "
                             f"--lm-steps 8000 --lm-dropout 0.25 --text {text} --seeds 0 --out {out} --dry-run`")
     assert "| DNI | 0 (16) | 0 (14) | 0 (18) | 0 (18) |" in table  # ours beside the paper's Copy numbers
@@ -83,12 +84,13 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
 def test_bench_rnn_subset_keeps_the_paper_numbers_of_its_columns(tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "rnn", "--dry-run", "--no-progress", "--out", str(out), "--tasks", "copy",
-                 "--truncations", "4", "--methods", "dni", "--skip-lm", "--hidden-dim", "16", "--batch-size", "8"],
-                environ={}) == 0
+                 "--truncations", "4", "--methods", "dni", "--skip-lm", "--hidden-dim", "16", "--batch-size", "8",
+                 "--lr", "1e-3"], environ={}) == 0
     table = (out / "rnn.md").read_text()
     assert "| DNI | 0 (18) |" in table and "BPTT" not in table and "charlm" not in table
     cell = json.loads((out / "cells" / "copy-dni-T4-seed0" / "config.json").read_text())
-    assert (cell["hidden_dim"], cell["batch_size"]) == (16, 8)  # the sequence cells' LSTM and batch
+    assert (cell["hidden_dim"], cell["batch_size"], cell["lr"]) == (16, 8, 1e-3)  # the sequence cells' own
+    assert "--lr 0.001 --skip-lm" in table
 
 
 def test_bench_rnn_runs_every_seed_and_reports_the_median(tmp_path, text):

@@ -58,6 +58,9 @@ class RNNBenchConfig:
     solved Copy of lengths 2, 3, 3, 4 at T = 2..5 (BPTT 1, 2, 1, 2, as at 128 and 32, where DNI had 2, 2,
     3, 4) but Repeat Copy of 1 at every T (2, 2, 2, 3 at 128 and 32), 5-12.5 minutes of one core per cell
     (``benchmarks/results/rnn/copy_repeat_copy_256_units_batch_256.md``)."""
+    lr: float = RNNConfig.lr
+    """Adam's learning rate for the LSTM of the Copy / Repeat Copy cells (the language model keeps
+    ``RNNConfig.lr``)."""
     lm_runs: tuple[tuple[str, int], ...] = LM_RUNS
     lm_hidden_dim: int = 256
     lm_eval_every: int = 500
@@ -111,7 +114,7 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
         for task, method, truncation in sequence_cells:
             summaries = run_seeds(f"{task}-{method}-T{truncation}", lambda seed: RNNConfig(
                 task=task, method=method, truncation=truncation, steps=config.steps, hidden_dim=config.hidden_dim,
-                batch_size=config.batch_size, seed=seed, dry_run=config.dry_run, progress=False))
+                batch_size=config.batch_size, lr=config.lr, seed=seed, dry_run=config.dry_run, progress=False))
             paper = PAPER_LENGTHS[task].get(method)
             row = {"task": task, "method": method, "truncation": truncation,
                    **seed_medians(summaries, ("max_length_solved", "train_seconds")),

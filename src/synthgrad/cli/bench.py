@@ -155,6 +155,8 @@ def add_bench_rnn_parser(bench_commands: Any) -> None:
                        help=f"LSTM units of the Copy / Repeat Copy cells (default {defaults.hidden_dim})")
     bench.add_argument("--batch-size", type=positive(int), default=defaults.batch_size,
                        help=f"batch of the Copy / Repeat Copy cells (default {defaults.batch_size})")
+    bench.add_argument("--lr", type=positive(float), default=defaults.lr,
+                       help=f"Adam learning rate of the Copy / Repeat Copy cells (default {defaults.lr:g})")
     bench.add_argument("--lm-runs", type=_method_and_truncation, nargs="+", default=list(defaults.lm_runs),
                        help="language-model curves as METHOD:T (default: "
                        f"{' '.join(f'{method}:{truncation}' for method, truncation in defaults.lm_runs)})")
@@ -205,7 +207,8 @@ def _bench_rnn_command(args: argparse.Namespace) -> str:
     return reproducing_command("rnn", [
         ("--tasks", args.tasks), ("--truncations", args.truncations), ("--methods", args.methods),
         ("--steps", args.steps), ("--hidden-dim", args.hidden_dim if args.tasks else None),
-        ("--batch-size", args.batch_size if args.tasks else None), ("--skip-lm", args.skip_lm),
+        ("--batch-size", args.batch_size if args.tasks else None),
+        ("--lr", args.lr if args.tasks else None), ("--skip-lm", args.skip_lm),
         ("--lm-runs", None if args.skip_lm else [f"{method}:{truncation}" for method, truncation in args.lm_runs]),
         ("--lm-steps", None if args.skip_lm else args.lm_steps),
         ("--lm-dropout", None if args.skip_lm else args.lm_dropout), ("--text", args.text), ("--seeds", args.seeds),
@@ -219,7 +222,7 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = RNNBenchConfig(steps=args.steps, lm_steps=args.lm_steps, text=text, seeds=tuple(args.seeds),
                             tasks=tuple(args.tasks),
                             truncations=tuple(args.truncations), methods=tuple(args.methods),
-                            hidden_dim=args.hidden_dim, batch_size=args.batch_size,
+                            hidden_dim=args.hidden_dim, batch_size=args.batch_size, lr=args.lr,
                             lm_runs=tuple(args.lm_runs), lm_dropout=args.lm_dropout,
                             dry_run=args.dry_run, progress=not args.no_progress)
     with torch_threads(1):
