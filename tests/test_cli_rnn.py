@@ -67,9 +67,8 @@ def test_bench_rnn_dry_run_writes_the_table_and_resumes(tmp_path, text, capsys):
     assert main(argv, environ={}) == 0
     table = (out / "rnn.md").read_text()
     assert table.startswith("Made by `synthgrad bench rnn --tasks copy repeat-copy --truncations 2 3 4 5 --methods "
-                            "bptt dni dni-aux --steps 20000 --hidden-dim 128 --batch-size 32 --lr 0.003 --lm-runs bptt:8 "
-                            "dni:8 "
-                            "cdni:8 dni-aux:8 bptt:16 bptt:32 "
+                            "bptt dni dni-aux --steps 20000 --hidden-dim 128 --batch-size 32 --lr 0.003 "
+                            "--lm-runs bptt:8 dni:8 cdni:8 dni-aux:8 bptt:16 bptt:32 "
                             f"--lm-steps 8000 --lm-dropout 0.25 --text {text} --seeds 0 --out {out} --dry-run`")
     assert "| DNI | 0 (16) | 0 (14) | 0 (18) | 0 (18) |" in table  # ours beside the paper's Copy numbers
     assert "| BPTT | 0 (7) | 0 (5) | 0 (19) | 0 (23) |" in table  # Repeat Copy

@@ -86,6 +86,6 @@ def run_methods(config: MethodsBenchConfig, out_dir: Path, *, command: str = "sy
                             "final cosine per cut (bottom first)"], rows)
     threads = torch.get_num_threads()  # the seconds depend on it; the command line does not show it
     results = {"command": command, "config": asdict(config), "threads": threads, "variants": variants}
-    write_report(out_dir, "methods", command, results,
-                 [f"MNIST MLP, {seeds_phrase(config.seeds)}; {threads} torch thread{'s' if threads > 1 else ''} per run.", table])
+    heading = f"MNIST MLP, {seeds_phrase(config.seeds)}; {threads} torch thread{'s' if threads > 1 else ''} per run."
+    write_report(out_dir, "methods", command, results, [heading, table])
     return results

@@ -62,7 +62,8 @@ from synthgrad.trainer import LR_SCHEDULES, OPTIMIZERS, TrainConfig, torch_threa
 
 def add_classifier_parsers(commands: Any) -> None:
     """The ``train``, ``gist`` and ``resume`` commands."""
-    train = commands.add_parser("train", help="train an image classifier (MNIST, Fashion-MNIST, CIFAR-10) with every cut decoupled")
+    train = commands.add_parser("train", help="train an image classifier (MNIST, Fashion-MNIST, CIFAR-10) with "
+                                "every cut decoupled")
     defaults = ClassifierConfig()
     train_defaults = TrainConfig()
     train.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
@@ -79,7 +80,8 @@ def add_classifier_parsers(commands: Any) -> None:
     train.add_argument("--synth-layers", type=int, default=defaults.synth_layers,
                        help="hidden layers of each DNI synthesizer (cDNI MLP synthesizers are linear)")
     train.add_argument("--synth-width", type=positive(int), default=defaults.synth_width,
-                       help="hidden units (MLP) or filters (CNN) of each synthesizer (default 1024 for mlp, 64 for cnn)")
+                       help="hidden units (MLP) or filters (CNN) of each synthesizer (default 1024 for mlp, "
+                       "64 for cnn)")
     train.add_argument("--synth-rank", type=rank_or_full, default=defaults.synth_rank,
                        help="factor each cDNI MLP synthesizer's linear map through this many dimensions; "
                        f"0 for the paper's full map (default {defaults.synth_rank})")
@@ -245,7 +247,8 @@ def _train_pipeline(run: PipelineRun, out: Optional[Path], default_name: str, fo
     run_dir = out if resume or rendezvous.rank != 0 else prepare_run_dir(out, default_name, force)
     run.classifier.train.progress = run.classifier.train.progress and rendezvous.rank == 0
     with ctrl_c_requests_stop(_PIPELINE_STOP) as stop_requested:
-        summary = run_rank(run, rendezvous, run_dir, resume=resume, on_record=print_epoch, stop_requested=stop_requested)
+        summary = run_rank(run, rendezvous, run_dir, resume=resume, on_record=print_epoch,
+                           stop_requested=stop_requested)
     if summary is not None:
         report(summary, run_dir, plot_run(run_dir))
 
