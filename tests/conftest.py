@@ -1,9 +1,11 @@
-"""Fixtures shared by the tests: one intra-op thread for the whole session, and a loopback HTTP server
-standing in for dataset mirrors."""
+"""Fixtures shared by the tests: one intra-op thread for the whole session, where the real datasets are,
+and a loopback HTTP server standing in for dataset mirrors."""
 import functools
 import http.server
+import os
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,31 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The workplace's datasets, beside the repository."""
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder holding ``mnist/``: $SYNTHGRAD_DATA, else ``SHARED_DATA``.
+    Without MNIST there the tests that need real data skip, unless SYNTHGRAD_DATA named the folder: then
+    they fail, so that CI pointed at a wrong path cannot pass by skipping them."""
+    explicit = os.environ.get("SYNTHGRAD_DATA")
+    root = Path(explicit) if explicit else SHARED_DATA
+    if not (root / "mnist").is_dir():
+        message = f"no MNIST in {root}; set SYNTHGRAD_DATA to the shared data directory"
+        if explicit:
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture
+def environ(data_root: Path) -> dict[str, str]:
+    """The environment ``synthgrad.cli.main`` gets in the tests: real MNIST from ``data_root``."""
+    return {"SYNTHGRAD_DATA": str(data_root)}
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """End-to-end tests of ``synthgrad <command>`` through ``synthgrad.cli.main(argv, environ)``.
 
-Every run writes into ``tmp_path``. MNIST is read from ``$SYNTHGRAD_DATA/mnist`` (default: the
-``shared/data`` directory beside the repository); nothing here ever downloads: tests that could reach
+Every run writes into ``tmp_path``. MNIST is read from the ``data_root`` fixture (conftest); nothing here ever downloads: tests that could reach
 the download path replace ``urllib.request.urlopen`` with a function that fails the test.
 One test runs the command in a subprocess to check what a user sees on a mistake: exit status 2,
 one line on stderr, no traceback.
@@ -14,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -29,20 +29,6 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
                "t10k-labels-idx1-ubyte")
 CURVE_FIGURES = {"loss.png", "accuracy.png"}
 DECOUPLED_FIGURES = {"synthetic_gradients.png", "gradients.png"}
-
-
-def _data_root() -> Path:
-    """$SYNTHGRAD_DATA, else ``shared/data`` beside the repository."""
-    explicit = os.environ.get("SYNTHGRAD_DATA")
-    root = Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (root / "mnist").is_dir():
-        pytest.skip(f"no MNIST in {root}; set SYNTHGRAD_DATA to the shared data directory")
-    return root
-
-
-@pytest.fixture
-def environ() -> dict[str, str]:
-    return {"SYNTHGRAD_DATA": str(_data_root())}
 
 
 @pytest.fixture(autouse=True)
@@ -184,6 +170,13 @@ def test_gist_learns_mnist(tmp_path, environ, no_network, capsys):
     assert summary["test_acc"] >= 0.80
 
 
+def test_version_names_synthgrad_and_torch(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"synthgrad {version('synthgrad')} (torch {torch.__version__})"
+
+
 # ----------------------------------------------------------------------------------------- plot
 
 
@@ -320,10 +313,9 @@ def test_force_leaves_no_figures_of_the_overwritten_run(tmp_path, environ, no_ne
     assert _pngs(run_dir) == CURVE_FIGURES | {"predictions.png"}
 
 
-def _write_data_dir(root: Path, broken: dict[str, bytes]) -> Path:
-    """A data directory with the real MNIST ``.gz`` files, except those named in ``broken``, which get
-    the given bytes instead."""
-    source = _data_root() / "mnist"
+def _write_data_dir(root: Path, source: Path, broken: dict[str, bytes]) -> Path:
+    """A data directory with the real MNIST ``.gz`` files of ``source``, except those named in ``broken``,
+    which get the given bytes instead."""
     root.mkdir()
     for name in MNIST_FILES:
         if name + ".gz" in broken:
@@ -335,21 +327,21 @@ def _write_data_dir(root: Path, broken: dict[str, bytes]) -> Path:
     return root
 
 
-def test_corrupt_train_images_is_named(tmp_path, environ, no_network, capsys):
+def test_corrupt_train_images_is_named(tmp_path, data_root, environ, no_network, capsys):
     garbage = gzip.compress(b"this is not an IDX file" * 100)
-    data_dir = _write_data_dir(tmp_path / "data", {"train-images-idx3-ubyte.gz": garbage})
+    data_dir = _write_data_dir(tmp_path / "data", data_root / "mnist", {"train-images-idx3-ubyte.gz": garbage})
     run_dir = tmp_path / "run"
     assert _run(["train", "--no-progress", "--data-dir", str(data_dir), "--out", str(run_dir)], environ) == 2
     _assert_one_line_error(capsys, str(data_dir / "train-images-idx3-ubyte.gz"))
     assert not (run_dir / "summary.json").exists()
 
 
-def test_truncated_files_are_named_and_not_downloaded_again(tmp_path, environ, no_network, capsys):
+def test_truncated_files_are_named_and_not_downloaded_again(tmp_path, data_root, environ, no_network, capsys):
     """Stands in for "missing data, downloads impossible": the files exist but are cut short, so the
     command must stop with a message naming the first one instead of training or going online."""
-    source = _data_root() / "mnist"
+    source = data_root / "mnist"
     truncated = {f"{name}.gz": (source / f"{name}.gz").read_bytes()[:2000] for name in MNIST_FILES}
-    data_dir = _write_data_dir(tmp_path / "data", truncated)
+    data_dir = _write_data_dir(tmp_path / "data", source, truncated)
     assert _run(["train", "--no-progress", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")],
                 environ) == 2
     _assert_one_line_error(capsys, str(data_dir / "train-images-idx3-ubyte.gz"), "truncated")
@@ -362,9 +354,9 @@ def test_batch_size_larger_than_the_data(tmp_path, environ, no_network, capsys):
     _assert_one_line_error(capsys, "--batch-size", "512")
 
 
-def test_console_command_reports_one_line_without_traceback(tmp_path, environ):
+def test_console_command_reports_one_line_without_traceback(tmp_path, data_root, environ):
     garbage = b"garbage, not even gzip"
-    data_dir = _write_data_dir(tmp_path / "data", {"train-images-idx3-ubyte.gz": garbage})
+    data_dir = _write_data_dir(tmp_path / "data", data_root / "mnist", {"train-images-idx3-ubyte.gz": garbage})
     result = subprocess.run(
         [sys.executable, "-m", "synthgrad.cli", "train", "--no-progress", "--data-dir", str(data_dir),
          "--out", str(tmp_path / "run")],

@@ -33,17 +33,6 @@ MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def _data_root() -> Path:
-    """Where the shared datasets live: $SYNTHGRAD_DATA, else `shared/data` beside the repository."""
-    explicit = os.environ.get("SYNTHGRAD_DATA")
-    if explicit:
-        return Path(explicit)
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (default / "mnist").is_dir():
-        pytest.skip(f"no MNIST in {default}; set SYNTHGRAD_DATA to the shared data directory")
-    return default
-
-
 def _idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array as IDX: magic 0x000008<ndim>, big-endian sizes, then the elements."""
     header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
@@ -90,8 +79,8 @@ def _tiny_spec(mirrors: tuple[str, ...] = (), contents: dict[str, bytes] = TINY)
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    return load_idx_dataset("mnist", _data_root() / "mnist", download=False)
+def mnist(data_root):
+    return load_idx_dataset("mnist", data_root / "mnist", download=False)
 
 
 def test_mnist_shapes_dtypes_and_label_counts(mnist) -> None:

@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -148,12 +147,11 @@ def test_skip_gives_up_after_too_many_skips_in_a_row(tmp_path):
     assert str(tmp_path / "checkpoint-00000010.pt") in message
 
 
-def test_enormous_learning_rate_exits_with_status_3_and_one_line(tmp_path):
-    data = Path(os.environ.get("SYNTHGRAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+def test_enormous_learning_rate_exits_with_status_3_and_one_line(tmp_path, environ):
     result = subprocess.run(
         [sys.executable, "-m", "synthgrad.cli", "train", "--lr", "1e30", "--synth-lr", "1e30", "--steps", "50",
          "--no-progress", "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "SYNTHGRAD_DATA": str(data)},
+        capture_output=True, text=True, timeout=120, env={**os.environ, **environ},
     )
     assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -173,13 +171,12 @@ def test_parts_are_named_for_people(name, part):
     assert part_of(name) == part
 
 
-def test_on_divergence_skip_gives_up_with_status_3(tmp_path, capsys):
+def test_on_divergence_skip_gives_up_with_status_3(tmp_path, environ, capsys):
     """From the command line: with every weight blown up by an enormous learning rate each step is
     non-finite, so the run skips ten in a row and then stops as it would have without skipping."""
-    data = Path(os.environ.get("SYNTHGRAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     argv = ["train", "--lr", "1e30", "--synth-lr", "1e30", "--steps", "50", "--layers", "1", "--width", "16",
             "--on-divergence", "skip", "--no-progress", "--out", str(tmp_path / "run")]
-    assert main(argv, {"SYNTHGRAD_DATA": str(data)}) == DIVERGED_STATUS
+    assert main(argv, environ) == DIVERGED_STATUS
     stderr = capsys.readouterr().err
     assert f"gave up after {MAX_CONSECUTIVE_SKIPS} skipped steps in a row" in stderr and stderr.count("\n") == 1
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["on_divergence"] == "skip"

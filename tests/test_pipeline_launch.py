@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -68,16 +67,13 @@ def test_the_launcher_kills_a_rank_that_outlives_a_failure_by_the_grace_period()
         "was killed by SIGKILL", "exited with status 4 because another rank failed"]
 
 
-def test_ctrl_c_stops_every_rank_at_one_step_with_checkpoints_and_says_how_to_resume(tmp_path):
-    data = Path(os.environ.get("SYNTHGRAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not (data / "mnist").is_dir():
-        pytest.skip(f"no MNIST in {data}; set SYNTHGRAD_DATA to the shared data directory")
+def test_ctrl_c_stops_every_rank_at_one_step_with_checkpoints_and_says_how_to_resume(tmp_path, environ):
     run_dir = tmp_path / "run"
     # its own session, so that the SIGINT below reaches the launcher and its ranks as a terminal's would
     process = subprocess.Popen(
         [sys.executable, "-m", "synthgrad.cli", "train", "--stages", "2", "--layers", "3", "--width", "32",
          "--steps", "20000", "--log-every", "10", "--checkpoint-every", "0", "--no-progress", "--out", str(run_dir)],
-        env={**os.environ, "SYNTHGRAD_DATA": str(data), "OMP_NUM_THREADS": "1"}, start_new_session=True,
+        env={**os.environ, **environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -20,12 +20,8 @@ TRAIN = ["train", "--method", "cdni", "--steps", str(STEPS), "--log-every", "10"
          "--no-progress"]
 
 
-def _data_root() -> Path:
-    return Path(os.environ.get("SYNTHGRAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-
-
-def _start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "SYNTHGRAD_DATA": str(_data_root()), "OMP_NUM_THREADS": "1"}
+def _start(args: list[str], environ: dict[str, str]) -> subprocess.Popen:
+    env = {**os.environ, **environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "synthgrad.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -49,13 +45,13 @@ def _signal_after(process: subprocess.Popen, run_dir: Path, records: int, signum
     process.communicate(timeout=60)
 
 
-def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, environ):
     """Killed twice (SIGKILL) and interrupted once (Ctrl-C, which writes a checkpoint mid-interval)."""
     reference_dir, victim_dir = tmp_path / "reference", tmp_path / "victim"
-    _finish(_start([*TRAIN, "--out", str(reference_dir)]))
+    _finish(_start([*TRAIN, "--out", str(reference_dir)], environ))
 
     rng = random.Random(0)
-    process = _start([*TRAIN, "--out", str(victim_dir)])
+    process = _start([*TRAIN, "--out", str(victim_dir)], environ)
     kills = 0  # how many signals landed mid-run
     fractions = sorted(rng.uniform(0.1, 0.8) for _ in range(3))
     for fraction, signum in zip(fractions, (signal.SIGKILL, signal.SIGINT, signal.SIGKILL)):
@@ -66,9 +62,9 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
         for _, path in list_checkpoints(victim_dir):  # never a torn checkpoint
             assert torch.load(path, weights_only=True)["step"] > 0
         if load_latest_checkpoint(victim_dir) is None:  # killed before the first checkpoint
-            process = _start([*TRAIN, "--out", str(victim_dir), "--force"])
+            process = _start([*TRAIN, "--out", str(victim_dir), "--force"], environ)
         else:
-            process = _start(["resume", str(victim_dir), "--no-progress"])
+            process = _start(["resume", str(victim_dir), "--no-progress"], environ)
     if process.poll() is None:
         _finish(process)
     assert kills >= 1, "no kill landed before the run ended; the test proved nothing"
@@ -81,8 +77,8 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
     assert _records(victim_dir) == _records(reference_dir)  # the metrics too, record for record
 
 
-def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
-    process = _start([*TRAIN, "--checkpoint-every", "0", "--out", str(tmp_path)])
+def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(tmp_path, environ):
+    process = _start([*TRAIN, "--checkpoint-every", "0", "--out", str(tmp_path)], environ)
     deadline = time.monotonic() + 120
     while not _records(tmp_path) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -146,10 +142,9 @@ def _assert_same_final_weights(left: Path, right: Path) -> None:
         assert torch.equal(expected[key], actual[key]), key
 
 
-def test_gist_resume_flag_continues_bit_identically(tmp_path, capsys):
+def test_gist_resume_flag_continues_bit_identically(tmp_path, environ, capsys):
     """``gist --resume``: the gist schedule (1000 steps of batch 10, a checkpoint every 100), resumed
     from step 700 of a copy of a finished run, ends with the same weights and metrics."""
-    environ = {"SYNTHGRAD_DATA": str(_data_root())}
     reference, victim = tmp_path / "reference", tmp_path / "victim"
     assert main(["gist", "--out", str(reference)], environ) == 0
     shutil.copytree(reference, victim)

@@ -8,7 +8,6 @@ from ``$SYNTHGRAD_DATA/mnist`` (default: ``shared/data`` beside the repository).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -279,15 +278,7 @@ def test_evaluate_uses_batch_norm_running_statistics():
 # ------------------------------------------------------------------------------------ real MNIST
 
 
-def _mnist_dir() -> Path:
-    explicit = os.environ.get("SYNTHGRAD_DATA")
-    root = Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (root / "mnist").is_dir():
-        pytest.skip(f"no MNIST in {root}; set SYNTHGRAD_DATA to the shared data directory")
-    return root / "mnist"
-
-
-def test_cdni_mlp_learns_mnist_in_500_steps(tmp_path):
+def test_cdni_mlp_learns_mnist_in_500_steps(tmp_path, data_root):
     """The default cDNI MLP (3 x 256 units, linear synthesizers on [activation, label]), 500 steps of
     batch 128 with the default Adam and cosine schedule: about 3 s on one core.
 
@@ -296,7 +287,7 @@ def test_cdni_mlp_learns_mnist_in_500_steps(tmp_path):
     activation alone) is not tested here: after 300 steps it reached only 0.75-0.80 (seeds 0-2), below
     the ~0.85 the output layer alone would reach, and took five times as long.
     """
-    train_split, test_split, note = load_splits("mnist", str(_mnist_dir()), download=False, dry_run=False)
+    train_split, test_split, note = load_splits("mnist", str(data_root / "mnist"), download=False, dry_run=False)
     assert note == "" and len(train_split.labels) == 60000 and len(test_split.labels) == 10000
     torch.manual_seed(0)
     model = build_mlp("cdni")

@@ -1,4 +1,6 @@
 """synthgrad: Decoupled Neural Interfaces using Synthetic Gradients (Jaderberg et al., arXiv 1608.05343)."""
+from importlib.metadata import PackageNotFoundError, version
+
 from synthgrad.decoupled import DecoupledSequential
 from synthgrad.errors import SynthgradError
 from synthgrad.functional import gradient_cosine, synthesizer_loss, synthetic_gradient, synthetic_input
@@ -19,6 +21,11 @@ from synthgrad.synthesizers import (
     MLPSynthesizer,
     Synthesizer,
 )
+
+try:
+    __version__ = version("synthgrad")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BackwardInterface",

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
+from synthgrad import __version__
 from synthgrad.cli.arguments import OneLineErrorParser
 from synthgrad.cli.bench import add_bench_parser, command_bench
 from synthgrad.cli.classifier import add_classifier_parsers, command_gist, command_resume, command_train
@@ -30,6 +33,8 @@ DIVERGED_STATUS = 3
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="synthgrad", description="Train networks with synthetic gradients "
                                      "(Decoupled Neural Interfaces, arXiv 1608.05343).")
+    # torch's version too: which build a user runs (CPU or CUDA, and its release) is half of a bug report
+    parser.add_argument("--version", action="version", version=f"synthgrad {__version__} (torch {torch.__version__})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_classifier_parsers(commands)
