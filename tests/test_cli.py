@@ -525,7 +525,8 @@ def test_train_accepts_the_papers_presets(tmp_path, environ, no_network, argv, c
 @pytest.mark.parametrize("argv, expected", [
     (["--model", "fcn3", "--method", "dni"], (1e-3, 3e-5, 0, 128)),
     (["--model", "cnn3", "--method", "cdni"], (3e-4, None, 50, 64)),
-    (["--model", "cnn3", "--method", "dni"], (1e-4, None, 50, 64)),
+    (["--model", "cnn3", "--method", "dni"], (1e-4, 3e-5, 50, 64)),
+    (["--model", "cnn", "--method", "dni"], (1e-4, None, 50, 64)),
     (["--model", "cnn3", "--method", "cdni", "--synth-lr", "1e-3", "--warmup-steps", "0", "--batch-size", "32"],
      (1e-3, None, 0, 32)),
     (["--model", "cnn3", "--method", "cdni", "--paper"], (3e-5, None, 0, 256)),

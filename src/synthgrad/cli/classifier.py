@@ -95,7 +95,7 @@ def add_classifier_parsers(commands: Any) -> None:
                        f"{CONV_TRAINING['synth_lr']:g} for the CNNs, {CONV_CDNI_SYNTH_LR:g} for cdni on them)")
     train.add_argument("--decoupled-lr", type=positive(float),
                        help="learning rate of the blocks below the top cut, which learn from synthetic gradients "
-                       f"(default {DNI_DECOUPLED_LR:g} for dni on the MLPs, else --lr)")
+                       f"(default {DNI_DECOUPLED_LR:g} for dni but on --model cnn, else --lr)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=train_defaults.optimizer)
     train.add_argument("--log-every", type=positive(int), default=train_defaults.log_every,
                        help="write a metrics record every N steps (and at every evaluation)")
