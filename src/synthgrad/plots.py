@@ -48,23 +48,34 @@ def plot_run(run_dir: Path) -> list[Path]:
     return written
 
 
-def plot_test_error_curves(curves: dict[str, dict[str, list[Path]]], *, title: str, path: Path) -> Path:
-    """One panel per entry of ``curves`` (e.g. per model), each with test error % against training step
-    for every method on the same axes; ``curves[panel][method]`` lists run directories (one per seed,
-    drawn in the method's colour). Runs without metrics yet are skipped."""
+def plot_error_curves(curves: dict[str, dict[str, list[Path]]], *, title: str, path: Path) -> Path:
+    """One panel per entry of ``curves`` (e.g. per model), each with error % against training step for every
+    method on the same axes: test error at each evaluation (points) and the training error of each logged
+    interval's batches (dashed), which shows how a run got there even where it was evaluated only once (the
+    one-epoch CNN cells). ``curves[panel][method]`` lists run directories (one per seed, drawn in the
+    method's colour). Runs without metrics yet are skipped."""
     panels = list(curves)
     columns = min(3, len(panels))
     rows = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     for axis, panel in zip(axes.flat, panels):
+        test_errors: list[float] = []
         for color, (method, run_dirs) in enumerate(curves[panel].items()):
             for seed, run_dir in enumerate(run_dirs):
                 if not (Path(run_dir) / METRICS_FILE).is_file():
                     continue
-                steps, accuracies = _series(read_metrics(run_dir), "test/acc")
-                axis.plot(steps, [100 * (1 - acc) for acc in accuracies], "o-", markersize=3, color=f"C{color}",
-                          label=method if seed == 0 else None)
-        axis.set(title=panel, xlabel="training step", ylabel="test error %", yscale="log")
+                records = read_metrics(run_dir)
+                steps, accuracies = _series(records, "train/acc")
+                axis.plot(steps, [100 * (1 - acc) for acc in accuracies], "--", linewidth=1,
+                          alpha=0.6, color=f"C{color}")
+                steps, accuracies = _series(records, "test/acc")
+                test_errors += [100 * (1 - acc) for acc in accuracies]
+                axis.plot(steps, test_errors[len(test_errors) - len(steps):], "o-", markersize=3,
+                          color=f"C{color}", label=method if seed == 0 else None)
+        axis.set(title=panel, xlabel="training step", ylabel="error % (test: points; training: dashed)",
+                 yscale="log")
+        if min(test_errors, default=0) > 0:  # a training error that falls towards 0 runs off the bottom
+            axis.set_ylim(bottom=min(test_errors) / 2)
         axis.legend()
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")

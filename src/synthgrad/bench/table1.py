@@ -23,7 +23,7 @@ from synthgrad.experiments.mnist import (
     ClassifierConfig,
     training_defaults,
 )
-from synthgrad.plots import plot_test_error_curves
+from synthgrad.plots import plot_error_curves
 from synthgrad.trainer import TrainConfig
 
 TABLE1_MODELS = (*FCN_PRESETS, *CNN_PRESETS)
@@ -108,12 +108,12 @@ def run_table1(config: Table1Config, out_dir: Path, *, command: str,
                 }
     sections = [_tables(config, results["cells"], dataset) for dataset in config.datasets]
     for dataset in config.datasets:
-        plot_test_error_curves(
+        plot_error_curves(
             {model_label(model): {METHOD_LABELS[method]: [_cell_dir(out_dir, dataset, model, method, seed)
                                                           for seed in config.seeds]
                                   for method in config.methods}
              for model in config.models},
-            title=f"{DATASET_LABELS[dataset]}: test error against steps", path=out_dir / f"table1-{dataset}.png")
+            title=f"{DATASET_LABELS[dataset]}: error against steps", path=out_dir / f"table1-{dataset}.png")
     write_report(out_dir, "table1", command, results, sections)
     return results
 
