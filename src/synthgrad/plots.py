@@ -69,9 +69,9 @@ def plot_error_curves(curves: dict[str, dict[str, list[Path]]], *, title: str, p
                 axis.plot(steps, [100 * (1 - acc) for acc in accuracies], "--", linewidth=1,
                           alpha=0.6, color=f"C{color}")
                 steps, accuracies = _series(records, "test/acc")
-                test_errors += [100 * (1 - acc) for acc in accuracies]
-                axis.plot(steps, test_errors[len(test_errors) - len(steps):], "o-", markersize=3,
-                          color=f"C{color}", label=method if seed == 0 else None)
+                errors = [100 * (1 - acc) for acc in accuracies]
+                test_errors += errors
+                axis.plot(steps, errors, "o-", markersize=3, color=f"C{color}", label=method if seed == 0 else None)
         axis.set(title=panel, xlabel="training step", ylabel="error % (test: points; training: dashed)",
                  yscale="log")
         if min(test_errors, default=0) > 0:  # a training error that falls towards 0 runs off the bottom
