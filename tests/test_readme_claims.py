@@ -1,7 +1,7 @@
 """The README's headline results, rerun end to end through the command line on real data and held to the
 thresholds the README states (the issues' targets where it has them).
 
-Marked slow: about 15 minutes on two cores, one thread per run, so CI runs the fast suite only and
+Marked slow: about 10 minutes on two idle cores, one thread per run, so CI runs the fast suite only and
 ``pytest -m slow`` runs these. Each test names the README section whose numbers it checks; the values
 measured there (seed 0 unless stated, the seed every command here uses) are in its docstring. A test that
 fails here means a change moved a published number: rerun the section's command and update both.
