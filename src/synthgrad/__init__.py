@@ -2,25 +2,19 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from synthgrad.decoupled import DecoupledSequential
-from synthgrad.errors import SynthgradError
-from synthgrad.functional import gradient_cosine, synthesizer_loss, synthetic_gradient, synthetic_input
-from synthgrad.interfaces import (
-    BackwardInterface,
-    ForwardInterface,
-    backward_interfaces,
-    block_parameters,
-    named_backward_interfaces,
-    named_forward_interfaces,
-    synthesizer_parameters,
+from synthgrad.engine import ClassificationTask, Split, StepResult, Task, TrainConfig, train
+from synthgrad.errors import (
+    DatasetError,
+    InvalidConfig,
+    PipelineFailure,
+    SynthgradError,
+    TrainingDiverged,
+    TrainingInterrupted,
 )
+from synthgrad.functional import synthesizer_loss, synthetic_gradient, synthetic_input
+from synthgrad.interfaces import BackwardInterface, ForwardInterface, block_parameters, synthesizer_parameters
 from synthgrad.recurrent import LSTMCore, SquashedCellInput, backward_through_chunks
-from synthgrad.synthesizers import (
-    ConvSynthesizer,
-    InputSynthesizer,
-    LinearSynthesizer,
-    MLPSynthesizer,
-    Synthesizer,
-)
+from synthgrad.synthesizers import ConvSynthesizer, InputSynthesizer, LinearSynthesizer, MLPSynthesizer, Synthesizer
 
 try:
     __version__ = version("synthgrad")
@@ -29,24 +23,31 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 
 __all__ = [
     "BackwardInterface",
+    "ClassificationTask",
     "ConvSynthesizer",
+    "DatasetError",
     "DecoupledSequential",
     "ForwardInterface",
     "InputSynthesizer",
+    "InvalidConfig",
     "LSTMCore",
     "LinearSynthesizer",
     "MLPSynthesizer",
+    "PipelineFailure",
+    "Split",
     "SquashedCellInput",
+    "StepResult",
     "Synthesizer",
     "SynthgradError",
-    "backward_interfaces",
+    "Task",
+    "TrainConfig",
+    "TrainingDiverged",
+    "TrainingInterrupted",
     "backward_through_chunks",
     "block_parameters",
-    "gradient_cosine",
-    "named_backward_interfaces",
-    "named_forward_interfaces",
     "synthesizer_loss",
     "synthesizer_parameters",
     "synthetic_gradient",
     "synthetic_input",
+    "train",
 ]

@@ -71,13 +71,17 @@ def load_latest_checkpoint(run_dir: Path) -> Optional[dict[str, Any]]:
 
 def load_states(checkpoint: dict[str, Any], path: Path, **stateful: Any) -> None:
     """``obj.load_state_dict(checkpoint[name])`` for each ``name=obj``; a checkpoint that does not fit
-    (another model or configuration wrote it) raises ``SynthgradError`` naming ``path``, its file."""
+    (another model or configuration wrote it) raises ``CheckpointMismatch`` naming ``path``, its file."""
     for name, obj in stateful.items():
         try:
             obj.load_state_dict(checkpoint[name])
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
             detail = (f"it has no {name!r} entry" if isinstance(error, KeyError) else
                       next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error)).rstrip("."))
-            raise SynthgradError(f"{path} does not fit this run's {name} ({detail}); it was written by another "
-                                 "model or configuration: resume from the run that wrote it, or start again "
-                                 "with --force") from None
+            raise CheckpointMismatch(f"{path} does not fit this run's {name} ({detail}); it was written by "
+                                     "another model or configuration: resume from the run that wrote it, or start "
+                                     "the run again") from None
+
+
+class CheckpointMismatch(SynthgradError):
+    """A checkpoint written by another model or configuration than the run that reads it."""

@@ -22,6 +22,19 @@ GradientObserver = Callable[[Tensor, Tensor], None]
 target_grad)`` at per-example scale at a cut, ``(synthetic input, real activation)`` at a forward unlock."""
 
 
+def regression_target(grad: Tensor) -> Tensor:
+    """A synthesizer's target from the gradient ``dL/dh`` ``(B, *features)`` that arrived at its cut: the
+    per-example gradient ``B * dL/dh``. With ``delivered_gradient``, the one place the scale convention lives:
+    a cut, a pipeline stage and a recurrent boundary all convert through these two."""
+    return grad * grad.shape[0]
+
+
+def delivered_gradient(synthetic_grad: Tensor) -> Tensor:
+    """The gradient ``dL/dh`` that a synthetic gradient (per-example scale, ``(B, *features)``) stands for,
+    as it is handed to the graph below the cut: ``synthetic_grad / B``."""
+    return synthetic_grad / synthetic_grad.shape[0]
+
+
 def synthesizer_loss(synthetic_grad: Tensor, target_grad: Tensor) -> Tensor:
     """The L2 regression loss of a synthesizer (paper section 2): squared error summed over each
     example's features and averaged over the batch (dim 0).
@@ -76,15 +89,14 @@ class _SyntheticGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (synthetic_grad,) = ctx.saved_tensors
-        batch_size = grad_output.shape[0]
-        target_grad = grad_output.detach() * batch_size  # per-example scale, (B, *features)
+        target_grad = regression_target(grad_output.detach())  # per-example scale, (B, *features)
         synthetic_grad = synthetic_grad.detach()
         for observer in ctx.observers:
             observer(synthetic_grad, target_grad)
 
         grad_activation = None
         if ctx.needs_input_grad[0]:
-            grad_activation = grad_output if ctx.pass_target_grad else synthetic_grad / batch_size
+            grad_activation = grad_output if ctx.pass_target_grad else delivered_gradient(synthetic_grad)
         grad_synthetic = None
         if ctx.needs_input_grad[1]:
             grad_synthetic = synthesizer_loss_grad(synthetic_grad, target_grad)

@@ -12,6 +12,7 @@ too.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import matplotlib
 
@@ -21,10 +22,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from synthgrad.errors import SynthgradError  # noqa: E402
-from synthgrad.metrics import METRICS_FILE, SAMPLES_FILE, read_metrics, smooth  # noqa: E402
+from synthgrad.engine.records import METRICS_FILE, SAMPLES_FILE, read_metrics  # noqa: E402
 
 MAX_UNITS_SHOWN = 50
 MAX_EXAMPLES_SHOWN = 32
+
+LOSS_SMOOTHING = 0.95
+"""Exponential smoothing of loss curves, the seed gist's factor."""
+
+
+def smooth(values: Iterable[float], factor: float = LOSS_SMOOTHING) -> list[float]:
+    """Exponential moving average started at the first value, as the seed gist smoothed its loss."""
+    smoothed: list[float] = []
+    for value in values:
+        smoothed.append(value if not smoothed else factor * smoothed[-1] + (1 - factor) * value)
+    return smoothed
 
 
 def plot_run(run_dir: Path) -> list[Path]:

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from synthgrad.errors import SynthgradError  # noqa: E402
-from synthgrad.metrics import METRICS_FILE, read_metrics  # noqa: E402
+from synthgrad.engine.records import METRICS_FILE, read_metrics  # noqa: E402
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 from synthgrad.bench.cells import run_cells
 from synthgrad.bench.report import check_choices, markdown_table, seed_medians, write_report
+from synthgrad.experiments.classifier_config import DRY_RUN_STEPS, ClassifierConfig
 from synthgrad.experiments.gist import build_gist_model, gist_config
-from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig
 
 GIST_METHODS = ("backprop", "dni", "cdni")
 
@@ -34,9 +34,8 @@ class GistBenchConfig:
         check_choices("methods", self.methods, GIST_METHODS)
 
     def cell_config(self, method: str, seed: int) -> ClassifierConfig:
-        config = gist_config(method, seed=seed, progress=False, **({"steps": DRY_RUN_STEPS} if self.dry_run else {}))
-        config.data_dir, config.dry_run = self.data_dir, self.dry_run
-        return config
+        return gist_config(method, seed=seed, progress=False, data_dir=self.data_dir, dry_run=self.dry_run,
+                           **({"steps": DRY_RUN_STEPS} if self.dry_run else {}))
 
 
 def run_gist(config: GistBenchConfig, out_dir: Path, *, command: str = "synthgrad bench gist",

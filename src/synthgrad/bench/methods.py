@@ -19,8 +19,7 @@ import torch
 
 from synthgrad.bench.cells import run_cells
 from synthgrad.bench.report import check_choices, markdown_table, seed_medians, seeds_phrase, write_report
-from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, training_defaults
-from synthgrad.trainer import TrainConfig
+from synthgrad.experiments.classifier_config import DRY_RUN_STEPS, ClassifierConfig, classifier_config, training_defaults
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "backprop": ("backprop", {}),
@@ -42,7 +41,7 @@ class MethodsBenchConfig:
     variants: tuple[str, ...] = tuple(VARIANTS)
     seeds: tuple[int, ...] = (0,)
     epochs: int = 10
-    batch_size: int = TrainConfig.batch_size
+    batch_size: int = ClassifierConfig.batch_size
     dry_run: bool = False
     progress: bool = True
 
@@ -52,11 +51,11 @@ class MethodsBenchConfig:
 
     def cell_config(self, variant: str, seed: int) -> ClassifierConfig:
         method, overrides = VARIANTS[variant]
-        train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, use_context=method == "cdni", seed=seed,
-                            progress=False, steps=DRY_RUN_STEPS if self.dry_run else None,
-                            **training_defaults("mlp", method))
-        return ClassifierConfig(method=method, data_dir=self.data_dir, download=not self.dry_run,
-                                dry_run=self.dry_run, train=train, **overrides)
+        return classifier_config(epochs=self.epochs, seed=seed, progress=False,
+                                 steps=DRY_RUN_STEPS if self.dry_run else None,
+                                 **{**training_defaults("mlp", method), "batch_size": self.batch_size},
+                                 method=method, data_dir=self.data_dir, download=not self.dry_run,
+                                 dry_run=self.dry_run, **overrides)
 
 
 def run_methods(config: MethodsBenchConfig, out_dir: Path, *, command: str = "synthgrad bench methods",

@@ -28,12 +28,14 @@ from typing import Any, Optional
 from tqdm.auto import tqdm
 
 from synthgrad.bench.report import markdown_table
-from synthgrad.experiments.mnist import DRY_RUN_STEPS, ClassifierConfig, build_model, run_experiment
-from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, read_metrics, write_json
+from synthgrad.experiments.classifier import run_experiment
+from synthgrad.experiments.classifier_config import DRY_RUN_STEPS, ClassifierConfig, build_model
+from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, write_json
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun
 from synthgrad.pipeline.launch import launch_local
 from synthgrad.pipeline.stage import stage_cut_model, stage_groups
-from synthgrad.trainer import TrainConfig, torch_threads
+from synthgrad.cli.arguments import torch_threads
+from synthgrad.engine.config import TrainConfig
 
 SCHEDULES = ("backprop", "unlocked", "gpipe", "1f1b")
 """The schedules compared on throughput and wall time, in table order; ``cdni`` follows them."""

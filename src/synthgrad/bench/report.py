@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from synthgrad.errors import SynthgradError
-from synthgrad.metrics import write_json
+from synthgrad.engine.records import write_json
 
 RESULTS_FILE = "results.json"
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from synthgrad.data.text import load_text
 from synthgrad.experiments.rnn import RNNConfig, run_rnn_experiment
 from synthgrad.bench.report import RESULTS_FILE, markdown_table, seed_medians, seeds_phrase, write_report
-from synthgrad.metrics import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from synthgrad.engine.records import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
 
 TRUNCATIONS = (2, 3, 4, 5)
 METHODS = ("bptt", "dni", "dni-aux")

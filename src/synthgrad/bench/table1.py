@@ -16,15 +16,14 @@ from typing import Any, Callable, Optional
 from synthgrad.bench.cells import run_cells
 from synthgrad.bench.report import check_choices, markdown_table, seeds_phrase, write_report
 from synthgrad.errors import SynthgradError
-from synthgrad.experiments.mnist import (
-    CNN_PRESETS,
+from synthgrad.experiments.classifier_config import (
     DRY_RUN_STEPS,
-    FCN_PRESETS,
     ClassifierConfig,
+    classifier_config,
     training_defaults,
 )
+from synthgrad.experiments.image_models import CNN_PRESETS, FCN_PRESETS
 from synthgrad.plots import plot_error_curves
-from synthgrad.trainer import TrainConfig
 
 TABLE1_MODELS = (*FCN_PRESETS, *CNN_PRESETS)
 TABLE1_METHODS = ("backprop", "no-backprop", "dni", "cdni")
@@ -60,8 +59,8 @@ class Table1Config:
     device: str = "cpu"
     dry_run: bool = False
     progress: bool = True
-    train_overrides: dict[str, Any] = field(default_factory=dict)
-    """Extra ``TrainConfig`` fields for every cell (e.g. ``batch_size``)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra options for every cell (``ClassifierConfig`` or ``TrainConfig`` fields, e.g. ``batch_size``)."""
 
     def __post_init__(self) -> None:
         for name, chosen, allowed in (("datasets", self.datasets, TABLE1_DATASETS + ("fashion-mnist",)),
@@ -76,12 +75,11 @@ class Table1Config:
         return self.epochs or (FCN_EPOCHS if model in FCN_PRESETS else CNN_EPOCHS)
 
     def cell_config(self, dataset: str, model: str, method: str, seed: int) -> ClassifierConfig:
-        train = TrainConfig(**{"epochs": self.epochs_for(model), "steps": DRY_RUN_STEPS if self.dry_run else None,
-                               **training_defaults(model, method), "use_context": method == "cdni", "seed": seed,
-                               "device": self.device, "progress": False, **self.train_overrides})
-        return ClassifierConfig(dataset=dataset, data_dir=self.data_dirs[dataset],
-                                download=self.download and not self.dry_run, model=model, method=method,
-                                dry_run=self.dry_run, train=train)
+        return classifier_config(**{
+            "epochs": self.epochs_for(model), "steps": DRY_RUN_STEPS if self.dry_run else None,
+            **training_defaults(model, method), "seed": seed, "device": self.device, "progress": False,
+            "dataset": dataset, "data_dir": self.data_dirs[dataset], "download": self.download and not self.dry_run,
+            "model": model, "method": method, "dry_run": self.dry_run, **self.overrides})
 
 
 def run_table1(config: Table1Config, out_dir: Path, *, command: str,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 import time
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from synthgrad.divergence import ON_DIVERGENCE, SKIP_SYNTH_LR_FACTOR
+from synthgrad.engine.config import ON_DIVERGENCE, TrainConfig
+from synthgrad.engine.guard import SKIP_SYNTH_LR_FACTOR
+from synthgrad.engine.records import SUMMARY_FILE, clear_run_files
 from synthgrad.errors import SynthgradError
-from synthgrad.metrics import SUMMARY_FILE, clear_run_files
-from synthgrad.trainer import TrainConfig
 
 
 DATA_ENV = "SYNTHGRAD_DATA"
@@ -61,6 +60,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="a few batches on at most 1024 examples, never downloading: a smoke test")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write the metrics as TensorBoard event files into RUN_DIR/tensorboard "
+                        "(pip install 'synthgrad[tensorboard]')")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -135,23 +137,32 @@ def report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> N
 
 
 @contextlib.contextmanager
-def ctrl_c_requests_stop(when: str = "after this step") -> Iterator[Callable[[], bool]]:
-    """While active, a first Ctrl-C asks training to stop ``when`` (with a checkpoint); a second one
-    interrupts at once."""
-    requested = False
-
-    def on_interrupt(signum: int, frame: Any) -> None:
-        nonlocal requested
-        if requested:
-            raise KeyboardInterrupt
-        requested = True
-        print(f"\nstopping {when} (Ctrl-C again to abort at once)", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+def torch_threads(count: Optional[int]) -> Iterator[None]:
+    """``count`` torch threads while active (``None``: as they are), the previous number after. Small runs
+    (the gist's batches of 10, a small LSTM stepped one chunk at a time) lose more to a second thread than
+    they gain."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
     try:
-        yield lambda: requested
+        yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        torch.set_num_threads(previous)
+
+
+def explicit_options(args: argparse.Namespace) -> set[str]:
+    """The options of ``args`` whose values differ from their command's defaults (as config field names:
+    every option's ``dest`` is its field's name). Needs the command's parser in ``args.command_parser``
+    (``set_command_parser``)."""
+    parser = args.command_parser
+    return {name for name, value in vars(args).items()
+            if name != "command_parser" and value != parser.get_default(name)}
+
+
+def set_command_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Remember ``parser`` in the namespaces it parses, for ``explicit_options``."""
+    parser.set_defaults(command_parser=parser)
+    return parser
 
 
 def print_epoch(record: dict[str, Any]) -> None:

@@ -10,12 +10,11 @@ from tqdm.auto import tqdm
 
 from synthgrad.bench.table1 import CNN_EPOCHS, FCN_EPOCHS, TABLE1_METHODS, TABLE1_MODELS, Table1Config, run_table1
 from synthgrad.cli.arguments import (DATA_ENV, dropout_rate, non_negative_int, positive, resolve_data_dir,
-                                     resolve_device)
+                                     resolve_device, torch_threads)
 from synthgrad.cli.rnn import TINY_SHAKESPEARE, default_text
 from synthgrad.errors import SynthgradError
-from synthgrad.experiments.mnist import CONV_TRAINING
+from synthgrad.experiments.classifier_config import CONV_TRAINING, ClassifierConfig
 from synthgrad.experiments.rnn import RNN_METHODS
-from synthgrad.trainer import TrainConfig, torch_threads
 
 
 def add_bench_parser(commands: Any) -> None:
@@ -33,7 +32,7 @@ def add_bench_parser(commands: Any) -> None:
     table1.add_argument("--epochs", type=positive(int),
                         help=f"epochs of every cell (default {FCN_EPOCHS} for FCNs, {CNN_EPOCHS} for CNNs)")
     table1.add_argument("--batch-size", type=positive(int),
-                        help=f"batch size of every cell (default {TrainConfig.batch_size}, "
+                        help=f"batch size of every cell (default {ClassifierConfig.batch_size}, "
                         f"{CONV_TRAINING['batch_size']} for the CNNs)")
     table1.add_argument("--data-root", help=f"directory with one folder per dataset (default ${DATA_ENV}, "
                         "else a per-user cache that datasets are downloaded into)")
@@ -47,7 +46,6 @@ def add_bench_parser(commands: Any) -> None:
     add_bench_pipeline_parser(benchmarks)
     add_bench_gist_parser(benchmarks)
     add_bench_methods_parser(benchmarks)
-    add_bench_readme_parser(benchmarks)
 
 
 def _method_and_truncation(text: str) -> tuple[str, int]:
@@ -122,14 +120,6 @@ def add_bench_methods_parser(bench_commands: Any) -> None:
     bench.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
 
 
-def add_bench_readme_parser(bench_commands: Any) -> None:
-    bench = bench_commands.add_parser("readme", help="copy the tables in benchmarks/results/ into the README "
-                                      "between their <!-- name --> and <!-- /name --> markers")
-    bench.add_argument("--readme", type=Path, default=Path("README.md"), help="the README to fill (default README.md)")
-    bench.add_argument("--results", type=Path, default=Path("benchmarks/results"),
-                       help="directory of <name>.md tables (default benchmarks/results)")
-
-
 def add_bench_rnn_parser(bench_commands: Any) -> None:
     from synthgrad.bench.rnn import RNNBenchConfig
 
@@ -174,7 +164,7 @@ def _bench_table1(args: argparse.Namespace, environ: dict[str, str]) -> None:
         datasets=tuple(args.datasets), models=tuple(args.models), methods=tuple(args.methods),
         seeds=tuple(args.seeds), epochs=args.epochs, device=resolve_device(args.device), dry_run=args.dry_run,
         progress=not args.no_progress,
-        train_overrides={} if args.batch_size is None else {"batch_size": args.batch_size},
+        overrides={} if args.batch_size is None else {"batch_size": args.batch_size},
     )
     command = reproducing_command("table1", [
         ("--datasets", args.datasets), ("--models", args.models), ("--methods", args.methods), ("--seeds", args.seeds),
@@ -285,17 +275,6 @@ def _bench_methods(args: argparse.Namespace, environ: dict[str, str]) -> None:
     print((args.out / "methods.md").read_text())
 
 
-def _bench_readme(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    from synthgrad.bench.readme import update_readme
-
-    update = update_readme(args.readme, args.results)
-    print(f"{args.readme}: filled {', '.join(update.filled) or 'no section'}")
-    if update.missing_tables:
-        print(f"no table in {args.results} for: {', '.join(update.missing_tables)}", file=sys.stderr)
-    if update.unused_tables:
-        print(f"not in {args.readme}: {', '.join(update.unused_tables)}", file=sys.stderr)
-
-
 BENCHMARKS = {"table1": _bench_table1, "rnn": _bench_rnn, "pipeline": _bench_pipeline, "gist": _bench_gist,
-              "methods": _bench_methods, "readme": _bench_readme}
+              "methods": _bench_methods}
 """``synthgrad bench <name>``: one function per benchmark module in ``synthgrad/bench/``."""

@@ -7,27 +7,36 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from synthgrad import __version__
-from synthgrad.cli.arguments import OneLineErrorParser
+from synthgrad.cli.arguments import OneLineErrorParser, set_command_parser
 from synthgrad.cli.bench import add_bench_parser, command_bench
-from synthgrad.cli.classifier import add_classifier_parsers, command_gist, command_resume, command_train
+from synthgrad.cli.classifier import add_classifier_parsers, command_gist, command_train
+from synthgrad.cli.resume import command_resume, resume_flag
 from synthgrad.cli.rnn import add_rnn_parser, command_rnn
-from synthgrad.divergence import TrainingDiverged
-from synthgrad.errors import InvalidConfig, SynthgradError
-from synthgrad.metrics import CONFIG_FILE
-from synthgrad.pipeline.comm import PipelineFailure
+from synthgrad.engine.config import ON_DIVERGENCE
+from synthgrad.engine.records import CONFIG_FILE
+from synthgrad.errors import PipelineFailure, SynthgradError, TrainingDiverged, TrainingInterrupted
 from synthgrad.pipeline.launch import FAILED_STATUS
 from synthgrad.plots import plot_run
 from synthgrad.recurrent_plots import plot_rnn_run
-from synthgrad.trainer import TrainingInterrupted
 
 
 DIVERGED_STATUS = 3
 """Exit status of a run stopped because it diverged (2 is for bad input)."""
+
+
+class _FlagNames(dict):
+    """How the command line spells a config field: as the flag that sets it (``batch_size``: ``--batch-size``)."""
+
+    def __missing__(self, field: str) -> str:
+        return "--" + field.replace("_", "-")
+
+
+_FLAGS = _FlagNames()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,12 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_classifier_parsers(commands)
+    _add_resume_parser(commands)
     add_rnn_parser(commands)
     add_bench_parser(commands)
     plot = commands.add_parser("plot", help="draw a run directory's curves and figures to PNG files")
     plot.add_argument("run_dir", type=Path, help="a directory written by synthgrad train or gist")
-
+    for command in commands.choices.values():
+        set_command_parser(command)
     return parser
+
+
+def _add_resume_parser(commands: Any) -> None:
+    resume = commands.add_parser("resume", help="continue an interrupted run from its newest readable checkpoint")
+    resume.add_argument("run_dir", type=Path, help="the run directory (--out) of the interrupted run")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bar")
+    resume.add_argument("--on-divergence", choices=ON_DIVERGENCE,
+                        help="change what a non-finite step does from here on (default: as the run was started)")
 
 
 def is_rnn_run(run_dir: Path) -> bool:
@@ -65,8 +84,10 @@ COMMANDS = {"train": command_train, "gist": command_gist, "resume": command_resu
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]] = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    is_resumed = args.command in ("train", "gist") and args.resume
+    command = resume_flag if is_resumed else COMMANDS[args.command]
     try:
-        COMMANDS[args.command](args, dict(os.environ) if environ is None else environ)
+        command(args, dict(os.environ) if environ is None else environ)
     except TrainingInterrupted as interrupted:
         print(f"synthgrad {args.command}: {interrupted}; continue with: synthgrad resume "
               f"{interrupted.run_dir}", file=sys.stderr)
@@ -75,14 +96,10 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
         print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
         return FAILED_STATUS
     except TrainingDiverged as error:
-        print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
+        print(f"synthgrad {args.command}: error: {error.spelled(_FLAGS)}", file=sys.stderr)
         return DIVERGED_STATUS
-    except InvalidConfig as error:  # the same checks as the library's, spelled with this command's flags
-        flags = {name: "--" + name.replace("_", "-") for name in vars(args)}
-        print(f"synthgrad {args.command}: error: {error.spelled(flags)}", file=sys.stderr)
-        return 2
-    except SynthgradError as error:
-        print(f"synthgrad {args.command}: error: {error}", file=sys.stderr)
+    except SynthgradError as error:  # the library's messages name config fields: spelled here as flags
+        print(f"synthgrad {args.command}: error: {error.spelled(_FLAGS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"synthgrad {args.command}: interrupted", file=sys.stderr)

@@ -11,9 +11,9 @@ from synthgrad.cli.arguments import (DATA_ENV, add_device_argument, dropout_rate
                                      prepare_run_dir, probability, resolve_device)
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
-from synthgrad.metrics import CONFIG_FILE, SUMMARY_FILE, read_json
+from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, read_json
 from synthgrad.recurrent_plots import plot_rnn_run
-from synthgrad.trainer import torch_threads
+from synthgrad.cli.arguments import torch_threads
 
 
 TINY_SHAKESPEARE = "tinyshakespeare/input.txt"

@@ -2,7 +2,7 @@
 
 from synthgrad.data.cifar10 import CIFAR10_SPEC, Cifar10Spec, load_cifar10, load_cifar10_files
 from synthgrad.data.download import DEFAULT_TIMEOUT_S, download_file, verify_file
-from synthgrad.data.errors import DatasetError
+from synthgrad.errors import DatasetError
 from synthgrad.data.idx import read_idx
 from synthgrad.data.idx_datasets import (
     IDX_DATASETS,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from synthgrad.data.download import download_file, verify_file
-from synthgrad.data.errors import DatasetError
+from synthgrad.errors import DatasetError
 from synthgrad.data.splits import ImageSplits
 
 _IMAGE_SHAPE = (3, 32, 32)  # (C, H, W), channel-major as stored

@@ -25,7 +25,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from synthgrad.data.errors import DatasetError
+from synthgrad.errors import DatasetError
 
 DEFAULT_TIMEOUT_S = 30.0
 """Seconds to wait for a mirror to connect or send more data before trying the next one."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthgrad.data.errors import DatasetError
+from synthgrad.errors import DatasetError
 
 _UNSIGNED_BYTE = 0x08
 

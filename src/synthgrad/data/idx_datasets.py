@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 
 from synthgrad.data.download import download_file
-from synthgrad.data.errors import DatasetError
+from synthgrad.errors import DatasetError
 from synthgrad.data.idx import read_idx
 from synthgrad.data.splits import ImageSplits
 

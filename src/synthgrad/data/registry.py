@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from synthgrad.data.cifar10 import CIFAR10_SPEC, load_cifar10
-from synthgrad.data.errors import DatasetError
+from synthgrad.errors import DatasetError
 from synthgrad.data.idx_datasets import IDX_DATASETS, load_idx_dataset
 from synthgrad.data.splits import ImageSplits
 

@@ -11,33 +11,33 @@ from __future__ import annotations
 from torch import nn
 
 from synthgrad.decoupled import DecoupledSequential
-from synthgrad.experiments.mnist import METHODS, ClassifierConfig
+from synthgrad.errors import InvalidConfig
+from synthgrad.experiments.classifier_config import NUM_CLASSES, ClassifierConfig, classifier_config
+from synthgrad.experiments.image_models import METHODS
 from synthgrad.synthesizers import LinearSynthesizer
-from synthgrad.trainer import TrainConfig
 
 HIDDEN_DIM = 100
 GIST_MODEL = "gist"
 """``ClassifierConfig.model`` of a gist run."""
 
 
-def gist_config(method: str = "dni", **train_overrides: object) -> ClassifierConfig:
+def gist_config(method: str = "dni", **overrides: object) -> ClassifierConfig:
     """The gist's network and optimisation settings (a constant learning rate, as it had), with
-    ``train_overrides`` applied to the ``TrainConfig``."""
+    ``overrides`` of any ``ClassifierConfig`` or ``TrainConfig`` field (see ``classifier_config``)."""
     settings = dict(steps=1000, batch_size=10, lr=2e-2, synth_lr=3e-3, optimizer="sgd",
                     lr_schedule="constant", synth_every=1, eval_every=500, log_every=1, stats_every=1,
-                    checkpoint_every=100, use_context=method == "cdni")
-    settings.update(train_overrides)
-    return ClassifierConfig(dataset="mnist", model=GIST_MODEL, method=method, layers=1, width=HIDDEN_DIM,
-                            synth_layers=0, synth_width=HIDDEN_DIM,
-                            train=TrainConfig(**settings))  # type: ignore[arg-type]
+                    checkpoint_every=100)
+    settings.update(overrides)
+    return classifier_config(dataset="mnist", model=GIST_MODEL, method=method, layers=1, width=HIDDEN_DIM,
+                             synth_layers=0, synth_width=HIDDEN_DIM, **settings)
 
 
 def build_gist_model(config: ClassifierConfig, *, in_features: int = 784) -> DecoupledSequential:
     """784-100-10 with ReLU and one cut on the hidden activation: a linear synthesizer (``dni``), one
     conditioned on the one-hot label (``cdni``), or no cut at all (``backprop``, the reference)."""
-    method, num_classes = config.method, config.train.num_classes
+    method, num_classes = config.method, NUM_CLASSES
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise InvalidConfig(f"{{0}} must be one of {', '.join(METHODS)}, got {method!r}", "method")
     blocks = [nn.Sequential(nn.Flatten(), nn.Linear(in_features, HIDDEN_DIM), nn.ReLU()),
               nn.Linear(HIDDEN_DIM, num_classes)]
     synthesizer = (None if method == "backprop"

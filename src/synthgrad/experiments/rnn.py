@@ -26,7 +26,7 @@ from synthgrad.data.text import CharCorpus, load_text, stream_batches
 from synthgrad.experiments.curriculum import SOLVED_BITS, Curriculum
 from synthgrad.errors import SynthgradError
 from synthgrad.functional import gradient_cosine
-from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
+from synthgrad.engine.records import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
 from synthgrad.probe import boundary_gradient_snapshot
 from synthgrad.recurrent import LSTMCore, SquashedCellInput, WindowResult, backward_through_chunks
 from synthgrad.synthesizers import LinearSynthesizer, MLPSynthesizer

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import Callable, Collection
 
 import torch
 from torch import nn
 
 from synthgrad.data import IMAGE_SHAPES
+from synthgrad.engine.config import validate_train_config
 from synthgrad.errors import InvalidConfig
-from synthgrad.trainer import validate_train_config
-
-if TYPE_CHECKING:
-    from synthgrad.experiments.mnist import ClassifierConfig
+from synthgrad.experiments.classifier_config import ClassifierConfig
 
 SYNTHESIZER_OPTIONS = ("synth_layers", "synth_width", "synth_rank", "synth_lr", "decoupled_lr")
 """Fields that only mean something where there are synthesizers (``decoupled_lr`` is the rate of the
@@ -27,19 +25,19 @@ METHODS_WITHOUT_SYNTHESIZERS = ("backprop", "no-backprop")
 
 
 def validate_classifier_config(
-    config: "ClassifierConfig",
-    model_builder: Callable[["ClassifierConfig"], nn.Module],
+    config: ClassifierConfig,
+    model_builder: Callable[[ClassifierConfig], nn.Module],
     *,
     explicit: Collection[str] = (),
 ) -> None:
     """Raise ``InvalidConfig`` if ``config`` cannot work. Checks, in order: the ``TrainConfig``
-    (``trainer.validate_train_config``), ``synth_layers``, options set on purpose that the method
+    (``engine.config.validate_train_config``), the batch options, ``synth_layers``, options set on purpose that the method
     has no use for, and that the model ``model_builder`` builds takes the dataset's images.
 
     Args:
         config: the run's configuration; a field of the wrong type (e.g. from an edited
             ``config.json``) is an error too.
-        model_builder: what will build the model (e.g. ``mnist.build_model``); it is built once here,
+        model_builder: what will build the model (e.g. ``classifier_config.build_model``); it is built once here,
             on a forked RNG, and given one blank image of the dataset's shape.
         explicit: the fields the user set on purpose (the command line passes the options it was
             given). Defaults cannot tell these apart, so only these are checked against the method:
@@ -49,6 +47,11 @@ def validate_classifier_config(
     _check_types(config)
     _check_types(config.train)
     validate_train_config(config.train)
+    for field in ("batch_size", "synth_every"):
+        if getattr(config, field) <= 0:
+            raise InvalidConfig(f"{{0}} must be positive, got {getattr(config, field)}", field)
+    if not 0.0 <= config.update_prob <= 1.0:
+        raise InvalidConfig(f"{{0}} must be a probability in [0, 1], got {config.update_prob}", "update_prob")
     if config.synth_layers < 0:
         raise InvalidConfig(f"{{0}} must be >= 0, got {config.synth_layers}", "synth_layers")
     if config.method in METHODS_WITHOUT_SYNTHESIZERS:
@@ -85,7 +88,7 @@ def _check_types(config: object) -> None:
             raise InvalidConfig(f"{{0}} must be {kind}, got {value!r}", field.name)
 
 
-def _check_input_shape(config: "ClassifierConfig", model_builder: Callable[["ClassifierConfig"], nn.Module]) -> None:
+def _check_input_shape(config: ClassifierConfig, model_builder: Callable[[ClassifierConfig], nn.Module]) -> None:
     if config.dataset not in IMAGE_SHAPES:
         raise InvalidConfig(f"{{0}} must be one of {', '.join(IMAGE_SHAPES)}, got {config.dataset!r}",
                             "dataset")
@@ -100,7 +103,7 @@ def _check_input_shape(config: "ClassifierConfig", model_builder: Callable[["Cla
                         f"{allowed}, or another {{0}}", "model", "dataset")
 
 
-def _input_problem(config: "ClassifierConfig", model_builder: Callable[["ClassifierConfig"], nn.Module]) -> "str | None":
+def _input_problem(config: ClassifierConfig, model_builder: Callable[[ClassifierConfig], nn.Module]) -> "str | None":
     """``None`` if the model built for ``config`` maps one blank image of its dataset to class scores,
     else the first line of the error it raised."""
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; the caller's RNG is its own

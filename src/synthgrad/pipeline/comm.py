@@ -14,12 +14,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from synthgrad.errors import PipelineFailure
+
 ACTIVATION, TARGET, EVALUATION, CONTROL = 0, 1, 2, 3
 """Message tags: activations go up, gradients go down, evaluation and control messages apart."""
-
-
-class PipelineFailure(RuntimeError):
-    """Another rank died or stopped answering; the message names it."""
 
 
 def describe_failure(peer: int, timeout_s: float, error: BaseException) -> str:

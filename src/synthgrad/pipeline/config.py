@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from synthgrad.errors import SynthgradError
-from synthgrad.experiments.mnist import ClassifierConfig, build_model, classifier_config_from_dict
+from synthgrad.experiments.classifier_config import ClassifierConfig, build_model, classifier_config_from_dict
 from synthgrad.pipeline.stage import stage_groups
-from synthgrad.trainer import validate_train_config
+from synthgrad.engine.config import validate_train_config
 
 SCHEDULES = ("auto", "unlocked", "lockstep", "gpipe", "1f1b")
 """``unlocked``: update-unlocked DNI; ``lockstep``: exact pipelined backprop; ``gpipe``/``1f1b``:

@@ -22,13 +22,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from synthgrad.divergence import TrainingDiverged
+from synthgrad.errors import TrainingDiverged
 from synthgrad.errors import SynthgradError
-from synthgrad.metrics import SUMMARY_FILE
-from synthgrad.pipeline.comm import PipelineFailure
+from synthgrad.engine.records import SUMMARY_FILE
+from synthgrad.errors import PipelineFailure
 from synthgrad.pipeline.config import PipelineRun, Rendezvous, check_pipeline_run
 from synthgrad.pipeline.runtime import checkpoint_steps, interrupted, newest_common_step, run_rank
-from synthgrad.trainer import TrainingInterrupted
+from synthgrad.errors import TrainingInterrupted
 
 BAD_INPUT_STATUS, DIVERGED_STATUS, FAILED_STATUS, STOPPED_STATUS = 2, 3, 4, 5
 """Exit status of a rank stopped by a bad configuration, by a non-finite loss, by another rank's failure,

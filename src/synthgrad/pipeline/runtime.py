@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from synthgrad.checkpoints import checkpoint_path, list_checkpoints, prune_checkpoints, save_atomically
-from synthgrad.divergence import TrainingDiverged
+from synthgrad.errors import TrainingDiverged
 from synthgrad.errors import SynthgradError
-from synthgrad.experiments.mnist import build_model, load_splits
-from synthgrad.metrics import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
+from synthgrad.experiments.classifier import load_splits
+from synthgrad.experiments.classifier_config import build_model
+from synthgrad.engine.records import CONFIG_FILE, FINAL_CHECKPOINT, SUMMARY_FILE, MetricsLog, truncate_metrics, write_json
 from synthgrad.pipeline.comm import ACTIVATION, EVALUATION, TARGET, Channel, PipelineFailure, describe_failure
 from synthgrad.pipeline.config import (
     PipelineRun,
@@ -52,7 +53,9 @@ from synthgrad.pipeline.schedule import (
     unlocked_plan,
 )
 from synthgrad.pipeline.stage import Stage, split_model
-from synthgrad.trainer import PROGRESS_KEYS, Split, TrainingInterrupted, epoch_order
+from synthgrad.engine.classification import Split, epoch_order
+from synthgrad.errors import TrainingInterrupted
+PROGRESS_KEYS = ("train/loss", "train/acc", "test/acc")
 
 EVAL_CHUNK = 1000
 NETWORK_THREAD_NICE = 10

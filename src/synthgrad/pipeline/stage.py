@@ -21,7 +21,8 @@ from synthgrad.decoupled import DecoupledSequential
 from synthgrad.errors import SynthgradError
 from synthgrad.functional import gradient_cosine, synthesizer_loss, synthesizer_loss_grad
 from synthgrad.synthesizers import Synthesizer
-from synthgrad.trainer import TrainConfig, lr_factor
+from synthgrad.engine.config import TrainConfig
+from synthgrad.engine.optim import lr_multiplier as lr_factor
 
 
 @dataclass

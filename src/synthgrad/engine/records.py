@@ -1,16 +1,16 @@
-"""Run-directory records: metrics as JSON lines, plus small JSON files (config, summary).
+"""Run-directory records: metrics as JSON lines (and, on request, TensorBoard event files), plus small JSON
+files (config, summary).
 
-Metric keys are stable and documented in the README: ``train/loss``, ``train/acc``, ``test/loss``,
-``test/acc``, and per cut ``k`` (the index of the block whose output is cut) ``sg/loss/<k>`` (the
-synthesizer loss) and ``sg/cos/<k>`` (cosine between synthetic and target gradient); with forward
-unlocks, ``si/loss/<k>`` and ``si/cos/<k>`` compare the synthetic input that replaces block ``k``'s
-output with the real output. Every record also has ``step`` and ``epoch``.
+The metric keys are one set across every command, listed in ``docs/metrics.md``: every record has
+``step`` and ``train/seconds``; tasks add theirs (``train/loss``, ``test/acc``, ``val/bpc``, ...), the
+engine the synthesizers' (``sg/loss/<cut>``, ``sg/cos/<cut>``, ...).
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping, Optional
 
 from synthgrad.checkpoints import list_checkpoints
 from synthgrad.errors import SynthgradError
@@ -20,6 +20,7 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.pt"
 FINAL_CHECKPOINT = "final.pt"
+TENSORBOARD_DIR = "tensorboard"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SAMPLES_FILE, FINAL_CHECKPOINT)
 """Every file a run writes besides its figures (``*.png``)."""
 
@@ -31,24 +32,45 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 class MetricsLog:
     """Appends one JSON object per line to ``RUN_DIR/metrics.jsonl``, flushed at once so a crashed run
-    keeps every record it wrote."""
+    keeps every record it wrote; with ``tensorboard``, also writes each numeric value as a scalar of
+    TensorBoard event files in ``RUN_DIR/tensorboard`` (``torch.utils.tensorboard``), so runs open in the
+    tool people use."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False, resumed_at: Optional[int] = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
+        self._writer = _tensorboard_writer(Path(run_dir) / TENSORBOARD_DIR, resumed_at) if tensorboard else None
         self._file = self.path.open("a")
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(dict(record)) + "\n")
         self._file.flush()
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, record["step"])
+            self._writer.flush()
 
     def close(self) -> None:
         self._file.close()
+        if self._writer is not None:
+            self._writer.close()
 
     def __enter__(self) -> "MetricsLog":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _tensorboard_writer(log_dir: Path, resumed_at: Optional[int]) -> Any:
+    """A ``SummaryWriter``; a resumed run's (``resumed_at``: its step) drops the events after that step,
+    which the run writes again, as ``truncate_metrics`` drops the records."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SynthgradError("{0} needs the tensorboard package: pip install 'synthgrad[tensorboard]'",
+                             "tensorboard") from None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=None if resumed_at is None else resumed_at + 1)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -86,18 +108,6 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
         path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
 
-LOSS_SMOOTHING = 0.95
-"""Exponential smoothing of loss curves, the seed gist's factor."""
-
-
-def smooth(values: Iterable[float], factor: float = LOSS_SMOOTHING) -> list[float]:
-    """Exponential moving average started at the first value, as the seed gist smoothed its loss."""
-    smoothed: list[float] = []
-    for value in values:
-        smoothed.append(value if not smoothed else factor * smoothed[-1] + (1 - factor) * value)
-    return smoothed
-
-
 def clear_run_files(run_dir: Path) -> None:
     """Delete what a run wrote into ``run_dir`` (``RUN_FILES``, figures, checkpoints), so that a new run
     there cannot mix with the old one; other files are left alone."""
@@ -105,3 +115,4 @@ def clear_run_files(run_dir: Path) -> None:
     stale += [path for _, path in list_checkpoints(run_dir)]
     for path in stale:
         path.unlink()
+    shutil.rmtree(Path(run_dir) / TENSORBOARD_DIR, ignore_errors=True)
