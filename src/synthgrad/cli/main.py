@@ -30,13 +30,14 @@ DIVERGED_STATUS = 3
 
 
 class _FlagNames(dict):
-    """How the command line spells a config field: as the flag that sets it (``batch_size``: ``--batch-size``)."""
+    """How the command line spells a config field: as the flag that sets it (``batch_size``: ``--batch-size``),
+    where the flag is not the field's name, as this dict says."""
 
     def __missing__(self, field: str) -> str:
         return "--" + field.replace("_", "-")
 
 
-_FLAGS = _FlagNames()
+_FLAGS = _FlagNames(num_stages="--stages", timeout_s="--timeout", num_layers="--layers")
 
 
 def build_parser() -> argparse.ArgumentParser:
