@@ -21,8 +21,8 @@ import torch
 
 from synthgrad.cli import main
 from synthgrad.cli.arguments import resolve_device
-from synthgrad.experiments.mnist import CONV_TRAINING, DRY_RUN_STEPS, ClassifierConfig, build_model
-from synthgrad.trainer import TrainConfig
+from synthgrad.experiments.classifier_config import (CONV_TRAINING, DRY_RUN_STEPS, ClassifierConfig, build_model,
+                                                     classifier_config_from_dict)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -68,8 +68,7 @@ def _records(run_dir: Path) -> list[dict]:
 
 
 def _config_from_json(run_dir: Path) -> ClassifierConfig:
-    data = json.loads((run_dir / "config.json").read_text())
-    return ClassifierConfig(**{**data, "train": TrainConfig(**data["train"])})
+    return classifier_config_from_dict(json.loads((run_dir / "config.json").read_text()))
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -90,8 +89,7 @@ def test_train_dry_run_writes_a_complete_run_directory(tmp_path, environ, no_net
     assert (config["model"], config["method"], config["dataset"]) == (model, method, "mnist")
     assert config["dry_run"] is True and config["synth_width"] == synth_width
     assert config["data_dir"] == str(Path(environ["SYNTHGRAD_DATA"]) / "mnist")
-    assert config["train"]["batch_size"] == 64 and config["train"]["seed"] == 3
-    assert config["train"]["use_context"] == (method == "cdni")
+    assert config["batch_size"] == 64 and config["seed"] == 3
 
     cuts = [0, 1, 2] if model == "mlp" else [0, 1]  # default MLP: 3 hidden blocks; CNN: 2 conv blocks
     records = _records(run_dir)
@@ -149,9 +147,9 @@ def test_gist_dry_run(tmp_path, environ, no_network, flags, method):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == method and summary["steps"] == DRY_RUN_STEPS and "sg/cos/0" in summary
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["method"] == method and config["train"]["use_context"] == (method == "cdni")
-    assert config["train"]["synth_every"] == 3 and config["train"]["synth_lr"] == 0.001
-    assert config["train"]["batch_size"] == 10  # the gist's
+    assert config["method"] == method
+    assert config["synth_every"] == 3 and config["train"]["synth_lr"] == 0.001
+    assert config["batch_size"] == 10  # the gist's
     assert {"loss.png", "gradients.png", "predictions.png"} <= _pngs(run_dir)
     _assert_valid_pngs(run_dir, {"loss.png", "gradients.png", "predictions.png"})
 
@@ -534,16 +532,18 @@ def test_train_accepts_the_papers_presets(tmp_path, environ, no_network, argv, c
 def test_training_defaults_follow_the_model_and_method_unless_given(tmp_path, environ, no_network, argv, expected):
     run_dir = tmp_path / "run"
     assert _run(["train", "--dry-run", "--no-progress", "--out", str(run_dir), *argv], environ) == 0
-    train = _config_from_json(run_dir).train
-    assert (train.synth_lr, train.decoupled_lr, train.warmup_steps, train.batch_size) == pytest.approx(expected)
+    config = _config_from_json(run_dir)
+    train = config.train
+    assert (train.synth_lr, train.decoupled_lr, train.warmup_steps, config.batch_size) == pytest.approx(expected)
 
 
 def test_paper_flag_sets_the_papers_optimisation_unless_overridden(tmp_path, environ, no_network):
     run_dir = tmp_path / "run"
     argv = ["train", "--dry-run", "--no-progress", "--model", "fcn3", "--paper", "--lr", "1e-4", "--out", str(run_dir)]
     assert _run(argv, environ) == 0
-    train = _config_from_json(run_dir).train
-    assert (train.optimizer, train.synth_lr, train.batch_size, train.lr_schedule) == ("adam", 3e-5, 256, "constant")
+    config = _config_from_json(run_dir)
+    train = config.train
+    assert (train.optimizer, train.synth_lr, config.batch_size, train.lr_schedule) == ("adam", 3e-5, 256, "constant")
     assert train.lr == 1e-4  # given explicitly: it wins
 
 
@@ -598,10 +598,10 @@ def test_bench_table1_cells_take_their_models_batch_size_unless_one_is_given(tmp
     assert "--batch-size" not in (out / "table1.md").read_text().splitlines()[0]
 
     def batch_size(cell: str) -> int:
-        return json.loads((out / "mnist" / cell / "config.json").read_text())["train"]["batch_size"]
+        return json.loads((out / "mnist" / cell / "config.json").read_text())["batch_size"]
 
     assert (batch_size("fcn3-cdni-seed0"), batch_size("cnn3-cdni-seed0")) == (
-        TrainConfig.batch_size, CONV_TRAINING["batch_size"])
+        ClassifierConfig.batch_size, CONV_TRAINING["batch_size"])
     assert _run(argv + ["--batch-size", "32"], environ) == 0  # a changed option reruns the cells
     assert (batch_size("fcn3-cdni-seed0"), batch_size("cnn3-cdni-seed0")) == (32, 32)
 

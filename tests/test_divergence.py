@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from synthgrad import DecoupledSequential, LinearSynthesizer
+from synthgrad import DecoupledSequential, LinearSynthesizer, Split, TrainConfig, TrainingDiverged
 from synthgrad.cli import DIVERGED_STATUS, main
-from synthgrad.divergence import MAX_CONSECUTIVE_SKIPS, SKIP_SYNTH_LR_FACTOR, TrainingDiverged, part_of
-from synthgrad.trainer import Split, TrainConfig, train
+from synthgrad.engine.guard import MAX_CONSECUTIVE_SKIPS, SKIP_SYNTH_LR_FACTOR, part_of
+from training import train_classifier as train
 
 
 class PoisonAfter(nn.Module):
@@ -55,10 +55,10 @@ def _poisoned_model(poisoned: range) -> DecoupledSequential:
                                [PoisonedSynthesizer(16, poisoned)])
 
 
-def _config(**overrides) -> TrainConfig:
+def _config(**overrides) -> dict:
     settings = dict(steps=40, batch_size=32, num_classes=2, use_context=True, log_every=10, checkpoint_every=10,
                     progress=False)
-    return TrainConfig(**{**settings, **overrides})
+    return {**settings, **overrides}
 
 
 def _data(n: int = 256, seed: int = 0) -> Split:
@@ -71,8 +71,7 @@ def test_non_finite_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(t
     torch.manual_seed(0)
     model = DecoupledSequential([nn.Sequential(nn.Linear(8, 16), nn.ReLU(), PoisonAfter(25)), nn.Linear(16, 2)],
                                 [LinearSynthesizer(16, context_dim=2)])
-    config = TrainConfig(steps=40, batch_size=32, num_classes=2, use_context=True, log_every=10,
-                         checkpoint_every=10, progress=False)
+    config = _config()
     with pytest.raises(TrainingDiverged) as raised:
         train(model, _data(), _data(seed=1), config, tmp_path)
     message = str(raised.value)
@@ -126,14 +125,15 @@ def test_skip_leaves_weights_and_optimizer_state_untouched_and_slows_the_synthes
     moments = [(index, name) for index, state in before["optimizer"]["state"].items() for name in state]
     assert moments and all(torch.equal(before["optimizer"]["state"][index][name],
                                        after["optimizer"]["state"][index][name]) for index, name in moments)
-    block_group, synth_group = (group["lr"] for group in after["optimizer"]["param_groups"])
-    assert block_group == config.lr and synth_group == config.synth_lr * SKIP_SYNTH_LR_FACTOR
-    assert after["scheduler"]["base_lrs"] == [config.lr, config.synth_lr * SKIP_SYNTH_LR_FACTOR]
+    lr, synth_lr = TrainConfig.lr, TrainConfig.synth_lr
+    block_group, decoupled_group, synth_group = (group["lr"] for group in after["optimizer"]["param_groups"])
+    assert block_group == decoupled_group == lr and synth_group == synth_lr * SKIP_SYNTH_LR_FACTOR
+    assert after["scheduler"]["base_lrs"] == [lr, lr, synth_lr * SKIP_SYNTH_LR_FACTOR]
 
     records = {record["step"]: record for record in map(json.loads, (tmp_path / "metrics.jsonl").open())}
     assert [records[step]["train/skipped_steps"] for step in range(1, 9)] == [0, 0, 0, 0, 1, 0, 0, 0]
     assert math.isnan(records[5]["train/loss"])  # the only step of that interval was skipped
-    assert records[8]["train/synth_lr"] == config.synth_lr * SKIP_SYNTH_LR_FACTOR
+    assert records[8]["train/synth_lr"] == synth_lr * SKIP_SYNTH_LR_FACTOR
     assert not torch.equal(after["model"]["blocks.0.0.weight"], torch.load(tmp_path / "final.pt")["model"]["blocks.0.0.weight"])
 
 

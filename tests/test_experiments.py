@@ -6,14 +6,10 @@ import torch
 from torch import nn
 
 from synthgrad import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, block_parameters, synthesizer_loss
-from synthgrad.experiments.mnist import (
-    CNN_PRESETS,
-    FCN_PRESETS,
-    METHODS,
-    ClassifierConfig,
-    build_model,
-)
-from synthgrad.trainer import Split, TrainConfig, train
+from synthgrad import InvalidConfig, Split
+from synthgrad.experiments.classifier_config import ClassifierConfig, build_model
+from synthgrad.experiments.image_models import CNN_PRESETS, FCN_PRESETS, METHODS
+from training import train_classifier
 
 SHAPES = {"mnist": (1, 28, 28), "cifar-10": (3, 32, 32)}
 
@@ -77,8 +73,8 @@ def test_no_backprop_trains_only_the_output_layer(method, tmp_path):
     before = [block.state_dict() for block in model.blocks]
     before = [{key: value.clone() for key, value in state.items()} for state in before]
     train_split, test_split = _tiny_mnist_like()
-    train(model, train_split, test_split, TrainConfig(steps=5, batch_size=32, use_context=method == "cdni",
-                                                      progress=False), tmp_path)
+    train_classifier(model, train_split, test_split,
+                     dict(steps=5, batch_size=32, use_context=method == "cdni", progress=False), tmp_path)
     changed = [any(not torch.equal(param, before[index][name]) for name, param in block.named_parameters())
                for index, block in enumerate(model.blocks)]
     if method == "no-backprop":
@@ -109,7 +105,7 @@ def test_forward_synthesizers_reduce_their_regression_loss_on_a_fixed_batch():
 
 
 def test_forward_unlock_is_only_for_fully_connected_models():
-    with pytest.raises(Exception, match="--forward-unlock is available for the fully connected models"):
+    with pytest.raises(InvalidConfig, match="forward_unlock is available for the fully connected models"):
         build_model(ClassifierConfig(model="cnn3", forward_unlock=True))
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from synthgrad import gradient_cosine, synthesizer_loss, synthetic_gradient, synthetic_input
+from synthgrad import synthesizer_loss, synthetic_gradient, synthetic_input
+from synthgrad.functional import gradient_cosine
 from synthgrad.functional import synthesizer_loss_grad
 
 

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from synthgrad import BackwardInterface, LinearSynthesizer, backward_interfaces, synthesizer_parameters
+from synthgrad import BackwardInterface, LinearSynthesizer, synthesizer_parameters
+from synthgrad.interfaces import backward_interfaces
 
 
 class UserModel(nn.Module):

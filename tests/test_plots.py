@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from synthgrad.errors import SynthgradError
-from synthgrad.metrics import LOSS_SMOOTHING, read_metrics, smooth
-from synthgrad.plots import plot_run
+from synthgrad.engine.records import read_metrics
+from synthgrad.plots import LOSS_SMOOTHING, plot_run, smooth
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _records(cuts: list[int], steps: int = 6) -> list[dict]:
-    """Metrics as the trainer writes them: every step logged, test metrics every third step."""
+    """Metrics as the engine writes them: every step logged, test metrics every third step."""
     records = []
     for step in range(1, steps + 1):
         record = {"step": step, "epoch": step / 3, "train/loss": 2.3 / step, "train/acc": 0.1 * step}
@@ -34,7 +34,7 @@ def _records(cuts: list[int], steps: int = 6) -> list[dict]:
 
 
 def _samples(activation_shapes: list[tuple[int, ...]], count: int = 12) -> dict:
-    """Shaped like ``experiments.mnist._samples``: ``count`` test images with labels and predictions,
+    """Shaped like ``ClassificationTask.samples``: ``count`` test images with labels and predictions,
     and one batch's (synthetic, true) gradient per cut; no cuts for backprop."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (count,), generator=generator)

@@ -7,9 +7,9 @@ import torch
 
 from synthgrad.errors import InvalidConfig
 from synthgrad.experiments.gist import build_gist_model, gist_config
-from synthgrad.experiments.mnist import ClassifierConfig, build_model
+from synthgrad.engine import TrainConfig
+from synthgrad.experiments.classifier_config import ClassifierConfig, build_model
 from synthgrad.experiments.validation import IMAGE_SHAPES, validate_classifier_config
-from synthgrad.trainer import TrainConfig
 
 FLAGS = {"model": "--model", "dataset": "--dataset", "method": "--method", "synth_lr": "--synth-lr",
          "synth_rank": "--synth-rank"}
@@ -70,7 +70,9 @@ def test_options_only_count_against_the_method_when_given():
     (ClassifierConfig(synth_rank=None, train=TrainConfig(steps=None, decoupled_lr=None)), None),  # Optional
     (ClassifierConfig(train=TrainConfig(steps=2.5)), "steps must be an int, got 2.5"),
     (ClassifierConfig(train=TrainConfig(epochs=True)), "epochs must be an int, got True"),
-    (ClassifierConfig(train=TrainConfig(use_context=1)), "use_context must be true or false, got 1"),
+    (ClassifierConfig(forward_unlock=1), "forward_unlock must be true or false, got 1"),
+    (ClassifierConfig(batch_size=0), "batch_size must be positive, got 0"),
+    (ClassifierConfig(update_prob=1.5), "update_prob must be a probability in [0, 1], got 1.5"),
     (ClassifierConfig(dataset=3), "dataset must be a string, got 3"),
     (ClassifierConfig(dataset="svhn"), "dataset must be one of mnist, fashion-mnist, cifar-10, got 'svhn'"),
     (ClassifierConfig(synth_layers=-1), "synth_layers must be >= 0, got -1"),

@@ -33,8 +33,8 @@ class _FlagNames(dict):
     """How the command line spells a config field: as the flag that sets it (``batch_size``: ``--batch-size``),
     where the flag is not the field's name, as this dict says."""
 
-    def __missing__(self, field: str) -> str:
-        return "--" + field.replace("_", "-")
+    def get(self, field: str, default: Optional[str] = None) -> str:
+        return super().get(field) or "--" + field.replace("_", "-")
 
 
 _FLAGS = _FlagNames(num_stages="--stages", timeout_s="--timeout", num_layers="--layers")

@@ -1,5 +1,5 @@
-"""Tests for synthgrad.trainer: the training loop, its metrics and checkpoint, the learning-rate
-schedule, ``synth_every``, and ``evaluate``.
+"""Tests for the engine training a ``ClassificationTask``: the loop, its metrics and checkpoint, the
+learning-rate schedule, the optimizer's groups, ``synth_every``, stochastic updates, and the evaluator.
 
 Most tests train a small DecoupledSequential on a linearly separable two-class problem in 20
 dimensions (a fraction of a second each). One test trains the default cDNI MLP on real MNIST, read
@@ -8,7 +8,6 @@ from ``$SYNTHGRAD_DATA/mnist`` (default: ``shared/data`` beside the repository).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,14 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from synthgrad import DecoupledSequential, LinearSynthesizer, block_parameters, synthesizer_parameters
-from synthgrad.experiments.mnist import build_mlp, load_splits
-from synthgrad.trainer import Split, TrainConfig, TrainingInterrupted, evaluate, make_optimizer, train
+from synthgrad import (DecoupledSequential, InvalidConfig, LinearSynthesizer, Split, TrainConfig, TrainingInterrupted,
+                       block_parameters, synthesizer_parameters)
+from synthgrad.engine.classification import evaluate_classifier
+from synthgrad.engine.optim import build_optimizer
+from synthgrad.engine.task import parameter_groups
+from synthgrad.experiments.classifier import load_splits
+from synthgrad.experiments.image_models import build_mlp
+from training import train_classifier as train
 
 DIM, HIDDEN, NUM_CLASSES = 20, 32, 2
 
@@ -41,11 +45,8 @@ def _model(*, use_context: bool = True, seed: int = 0, cut: tuple[bool, bool] = 
                                         for is_cut in cut])
 
 
-def _config(**overrides) -> TrainConfig:
-    settings = dict(batch_size=32, lr=1e-2, synth_lr=1e-2, num_classes=NUM_CLASSES, use_context=True,
-                    progress=False)
-    settings.update(overrides)
-    return TrainConfig(**settings)
+def _config(**overrides) -> dict:
+    return {"batch_size": 32, "lr": 1e-2, "synth_lr": 1e-2, "use_context": True, "progress": False, **overrides}
 
 
 def _read_records(run_dir: Path) -> list[dict]:
@@ -115,7 +116,7 @@ def test_metrics_records_cadence_and_keys(tmp_path):
     assert set(checkpoint) >= {"model", "optimizer", "scheduler"}
     fresh = _model(seed=1)
     fresh.load_state_dict(checkpoint["model"])
-    assert evaluate(fresh, _separable(100, seed=2))["acc"] == last["test/acc"]
+    assert evaluate_classifier(fresh, _separable(100, seed=2))["test/acc"] == last["test/acc"]
 
 
 def test_steps_override_epochs_across_epoch_boundaries(tmp_path):
@@ -146,38 +147,39 @@ def step_learning_rates():
 def test_cosine_schedule_anneals_every_group_to_zero(tmp_path, step_learning_rates):
     config = _config(steps=40, lr=0.02, synth_lr=0.005, lr_schedule="cosine")
     train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
-    block_lrs, synth_lrs = zip(*step_learning_rates)
+    block_lrs, decoupled_lrs, synth_lrs = zip(*step_learning_rates)
+    assert decoupled_lrs == block_lrs  # decoupled_lr unset: the blocks below the top cut take lr
     assert len(block_lrs) == 40
     assert block_lrs[0] == pytest.approx(0.02) and synth_lrs[0] == pytest.approx(0.005)
     assert all(later < earlier for earlier, later in zip(block_lrs, block_lrs[1:]))
     assert block_lrs[20] == pytest.approx(0.01) and synth_lrs[20] == pytest.approx(0.0025)  # half way: half
     assert block_lrs[-1] < 0.01 * 0.02  # the last step is taken at a tiny rate (factor 0.0015)
     checkpoint = torch.load(tmp_path / "final.pt")
-    assert checkpoint["scheduler"]["_last_lr"] == pytest.approx([0.0, 0.0], abs=1e-12)
-    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0, 0], abs=1e-12)
+    assert checkpoint["scheduler"]["_last_lr"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0, 0, 0], abs=1e-12)
 
 
 def test_constant_schedule_keeps_the_rates(tmp_path, step_learning_rates):
     config = _config(steps=10, lr=0.02, synth_lr=0.005, lr_schedule="constant")
     summary = train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
     assert summary["steps"] == 10
-    assert step_learning_rates == [pytest.approx([0.02, 0.005])] * 10
+    assert step_learning_rates == [pytest.approx([0.02, 0.02, 0.005])] * 10
     checkpoint = torch.load(tmp_path / "final.pt")
-    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0.02, 0.005])
+    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0.02, 0.02, 0.005])
 
 
 def test_warmup_scales_every_rate_up_linearly_then_the_schedule_takes_over(tmp_path, step_learning_rates):
     config = _config(steps=10, lr=0.02, synth_lr=0.005, lr_schedule="constant", warmup_steps=4)
     train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
-    assert step_learning_rates == [pytest.approx([0.02 * f, 0.005 * f]) for f in (0.25, 0.5, 0.75)] + \
-        [pytest.approx([0.02, 0.005])] * 7
+    assert step_learning_rates == [pytest.approx([0.02 * f, 0.02 * f, 0.005 * f]) for f in (0.25, 0.5, 0.75)] + \
+        [pytest.approx([0.02, 0.02, 0.005])] * 7
 
 
 def test_sgd_with_momentum(tmp_path):
     config = _config(steps=5, optimizer="sgd", momentum=0.9)
     train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
     groups = torch.load(tmp_path / "final.pt")["optimizer"]["param_groups"]
-    assert [group["momentum"] for group in groups] == [0.9, 0.9]
+    assert [group["momentum"] for group in groups] == [0.9, 0.9, 0.9]
 
 
 def test_backprop_model_has_one_param_group(tmp_path):
@@ -198,7 +200,7 @@ def test_backprop_model_has_one_param_group(tmp_path):
     ({"log_every": 10, "checkpoint_every": 15}, "checkpoint_every 15 must be a multiple of log_every 10"),
 ])
 def test_invalid_config_raises_a_clear_error(tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidConfig, match=message):
         train(_model(), _separable(64, seed=1), _separable(64, seed=2), _config(**{"steps": 1, **overrides}), tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
@@ -243,7 +245,7 @@ def test_evaluate_matches_a_direct_computation_and_restores_the_mode(training):
     model = _model()
     model.train(training)
     split = _separable(250, seed=5)
-    result = evaluate(model, split, batch_size=100)  # batches of 100, 100, 50
+    result = evaluate_classifier(model, split, batch_size=100)  # batches of 100, 100, 50
     assert model.training is training
     assert all(module.training is training for module in model.modules())
 
@@ -252,8 +254,8 @@ def test_evaluate_matches_a_direct_computation_and_restores_the_mode(training):
         logits = model(split.inputs)
     expected_loss = nn.functional.cross_entropy(logits, split.labels).item()
     expected_acc = (logits.argmax(dim=1) == split.labels).float().mean().item()
-    assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert result["acc"] == pytest.approx(expected_acc)
+    assert result["test/loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert result["test/acc"] == pytest.approx(expected_acc)
 
 
 def test_evaluate_restores_training_mode_after_an_error():
@@ -261,7 +263,7 @@ def test_evaluate_restores_training_mode_after_an_error():
     model.train()
     bad = Split(torch.randn(10, DIM + 1), torch.zeros(10, dtype=torch.long))  # wrong feature size
     with pytest.raises(RuntimeError):
-        evaluate(model, bad)
+        evaluate_classifier(model, bad)
     assert model.training
 
 
@@ -271,7 +273,8 @@ def test_evaluate_uses_batch_norm_running_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(DIM, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, NUM_CLASSES))
     split = _separable(10, seed=3)
-    assert evaluate(model, split, batch_size=1) == pytest.approx(evaluate(model, split, batch_size=10))
+    assert evaluate_classifier(model, split, batch_size=1) == pytest.approx(evaluate_classifier(model, split,
+                                                                                                batch_size=10))
     assert model.training
 
 
@@ -291,8 +294,8 @@ def test_cdni_mlp_learns_mnist_in_500_steps(tmp_path, data_root):
     assert note == "" and len(train_split.labels) == 60000 and len(test_split.labels) == 10000
     torch.manual_seed(0)
     model = build_mlp("cdni")
-    config = TrainConfig(steps=500, batch_size=128, use_context=True, seed=0, progress=False)
-    summary = train(model, train_split, test_split, config, tmp_path)
+    summary = train(model, train_split, test_split, dict(steps=500, batch_size=128, use_context=True, seed=0,
+                                                         progress=False), tmp_path)
     assert summary["steps"] == 500
     assert summary["test_acc"] >= 0.93
     # Every cut's synthetic gradient points along its target (measured 0.82-0.85 at every cut).
@@ -301,14 +304,15 @@ def test_cdni_mlp_learns_mnist_in_500_steps(tmp_path, data_root):
 
 def test_decoupled_lr_gives_the_blocks_below_the_top_cut_their_own_group():
     model = _model()
-    optimizer = make_optimizer(model, _config(lr=0.1, synth_lr=0.01, decoupled_lr=0.001))
+    optimizer = build_optimizer(parameter_groups(model), TrainConfig(lr=0.1, synth_lr=0.01, decoupled_lr=0.001))
     lrs = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
     assert {lrs[id(p)] for p in model.decoupled_parameters()} == {0.001}
     assert {lrs[id(p)] for p in model.blocks[-1].parameters()} == {0.1}
     assert {lrs[id(p)] for p in synthesizer_parameters(model)} == {0.01}
     assert len(lrs) == len(list(model.parameters()))
-    with pytest.raises(ValueError, match="decoupled_lr needs a DecoupledSequential"):
-        make_optimizer(torch.nn.Linear(3, 2), _config(decoupled_lr=0.001))
+    plain = torch.nn.Linear(3, 2)  # a model without cuts has nothing that learns from synthetic gradients
+    groups = build_optimizer(parameter_groups(plain), TrainConfig(decoupled_lr=0.001)).param_groups
+    assert [(group["name"], group["lr"]) for group in groups] == [("blocks", 1e-3)]
 
 
 # ------------------------------------------------------------------------------ stochastic updates
@@ -330,7 +334,7 @@ def test_update_probability_moves_each_block_on_a_fraction_of_the_steps(tmp_path
     train_split, test_split = _separable(320, seed=1), _separable(64, seed=2)
     for step in range(40):  # one step per call, resuming, so that each step's updates can be seen
         run_dir = tmp_path / f"step{step}"
-        train(model, train_split, test_split, replace(config, seed=step), run_dir)
+        train(model, train_split, test_split, {**config, "seed": step}, run_dir)
         current = [_clone(block.parameters()) for block in model.blocks]
         for index, (before, after) in enumerate(zip(previous, current)):
             updates[index] += not _same(before, after)
@@ -355,7 +359,7 @@ def test_resume_with_stochastic_updates_is_bit_identical(tmp_path):
 
 
 def test_update_probability_needs_a_decoupled_sequential(tmp_path):
-    with pytest.raises(ValueError, match="update_prob < 1 needs a DecoupledSequential"):
+    with pytest.raises(InvalidConfig, match="update_prob < 1 needs a model with blocks"):
         train(nn.Sequential(nn.Linear(DIM, NUM_CLASSES)), _separable(64, seed=1), _separable(32, seed=2),
               _config(steps=1, update_prob=0.5, use_context=False), tmp_path)
 
@@ -363,7 +367,7 @@ def test_update_probability_needs_a_decoupled_sequential(tmp_path):
 def test_frozen_parameters_stay_out_of_the_optimizer():
     model = _model()
     model.blocks[0].requires_grad_(False)
-    optimizer = make_optimizer(model, _config())
+    optimizer = build_optimizer(parameter_groups(model), TrainConfig())
     optimized = {id(param) for group in optimizer.param_groups for param in group["params"]}
     assert not optimized & {id(param) for param in model.blocks[0].parameters()}
     assert {id(param) for param in model.blocks[1].parameters()} <= optimized
