@@ -208,7 +208,7 @@ class _Run:
         """Rank 0's decision from every rank's interval metrics and stop request. With one process the guard
         has checked every step already (and a skipped interval's loss is ``nan`` on purpose)."""
         bad = [f"{key} is {value}" for metrics, _ in gathered for key, value in metrics.items()
-               if key.startswith(("train/loss", "sg/loss/")) and not math.isfinite(value)]
+               if not math.isfinite(value)]
         if bad and not self.checks_each_step:
             return _DIVERGED, (f"training diverged between steps {self.interval_start} and {self.step}: "
                                f"{', '.join(bad)}; {self._last_good_checkpoint()}")
