@@ -147,39 +147,38 @@ def step_learning_rates():
 def test_cosine_schedule_anneals_every_group_to_zero(tmp_path, step_learning_rates):
     config = _config(steps=40, lr=0.02, synth_lr=0.005, lr_schedule="cosine")
     train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
-    block_lrs, decoupled_lrs, synth_lrs = zip(*step_learning_rates)
-    assert decoupled_lrs == block_lrs  # decoupled_lr unset: the blocks below the top cut take lr
+    block_lrs, synth_lrs = zip(*step_learning_rates)  # decoupled_lr unset: the blocks below the top cut take lr
     assert len(block_lrs) == 40
     assert block_lrs[0] == pytest.approx(0.02) and synth_lrs[0] == pytest.approx(0.005)
     assert all(later < earlier for earlier, later in zip(block_lrs, block_lrs[1:]))
     assert block_lrs[20] == pytest.approx(0.01) and synth_lrs[20] == pytest.approx(0.0025)  # half way: half
     assert block_lrs[-1] < 0.01 * 0.02  # the last step is taken at a tiny rate (factor 0.0015)
     checkpoint = torch.load(tmp_path / "final.pt")
-    assert checkpoint["scheduler"]["_last_lr"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
-    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0, 0, 0], abs=1e-12)
+    assert checkpoint["scheduler"]["_last_lr"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0, 0], abs=1e-12)
 
 
 def test_constant_schedule_keeps_the_rates(tmp_path, step_learning_rates):
     config = _config(steps=10, lr=0.02, synth_lr=0.005, lr_schedule="constant")
     summary = train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
     assert summary["steps"] == 10
-    assert step_learning_rates == [pytest.approx([0.02, 0.02, 0.005])] * 10
+    assert step_learning_rates == [pytest.approx([0.02, 0.005])] * 10
     checkpoint = torch.load(tmp_path / "final.pt")
-    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0.02, 0.02, 0.005])
+    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == pytest.approx([0.02, 0.005])
 
 
 def test_warmup_scales_every_rate_up_linearly_then_the_schedule_takes_over(tmp_path, step_learning_rates):
     config = _config(steps=10, lr=0.02, synth_lr=0.005, lr_schedule="constant", warmup_steps=4)
     train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
-    assert step_learning_rates == [pytest.approx([0.02 * f, 0.02 * f, 0.005 * f]) for f in (0.25, 0.5, 0.75)] + \
-        [pytest.approx([0.02, 0.02, 0.005])] * 7
+    assert step_learning_rates == [pytest.approx([0.02 * f, 0.005 * f]) for f in (0.25, 0.5, 0.75)] + \
+        [pytest.approx([0.02, 0.005])] * 7
 
 
 def test_sgd_with_momentum(tmp_path):
     config = _config(steps=5, optimizer="sgd", momentum=0.9)
     train(_model(), _separable(320, seed=1), _separable(64, seed=2), config, tmp_path)
     groups = torch.load(tmp_path / "final.pt")["optimizer"]["param_groups"]
-    assert [group["momentum"] for group in groups] == [0.9, 0.9, 0.9]
+    assert [group["momentum"] for group in groups] == [0.9, 0.9]
 
 
 def test_backprop_model_has_one_param_group(tmp_path):

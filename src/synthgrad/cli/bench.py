@@ -46,6 +46,7 @@ def add_bench_parser(commands: Any) -> None:
     add_bench_pipeline_parser(benchmarks)
     add_bench_gist_parser(benchmarks)
     add_bench_methods_parser(benchmarks)
+    add_bench_overhead_parser(benchmarks)
 
 
 def _method_and_truncation(text: str) -> tuple[str, int]:
@@ -118,6 +119,15 @@ def add_bench_methods_parser(bench_commands: Any) -> None:
                        "reference")
     bench.add_argument("--epochs", type=positive(int), default=defaults.epochs)
     bench.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
+
+
+def add_bench_overhead_parser(bench_commands: Any) -> None:
+    from synthgrad.bench.overhead import OverheadBenchConfig
+
+    bench = _mnist_bench_parser(bench_commands, "overhead", "one epoch of a plain PyTorch loop beside synthgrad train "
+                                "--method backprop and --method cdni: what the engine and decoupling cost", seeds=None)
+    bench.add_argument("--rounds", type=positive(int), default=OverheadBenchConfig.rounds,
+                       help="one epoch of each run per round, in turn; the table gives the medians")
 
 
 def add_bench_rnn_parser(bench_commands: Any) -> None:
@@ -275,6 +285,16 @@ def _bench_methods(args: argparse.Namespace, environ: dict[str, str]) -> None:
     print((args.out / "methods.md").read_text())
 
 
+def _bench_overhead(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    from synthgrad.bench.overhead import OverheadBenchConfig, run_overhead
+
+    config = OverheadBenchConfig(data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)), rounds=args.rounds,
+                                 dry_run=args.dry_run)
+    run_overhead(config, args.out, command=_command_line("overhead", args, ("rounds", "out")),
+                 progress=not args.no_progress)
+    print((args.out / "overhead.md").read_text())
+
+
 BENCHMARKS = {"table1": _bench_table1, "rnn": _bench_rnn, "pipeline": _bench_pipeline, "gist": _bench_gist,
-              "methods": _bench_methods}
+              "methods": _bench_methods, "overhead": _bench_overhead}
 """``synthgrad bench <name>``: one function per benchmark module in ``synthgrad/bench/``."""

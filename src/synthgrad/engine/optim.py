@@ -15,11 +15,14 @@ SYNTHESIZER_GROUP = "synthesizers"
 
 def build_optimizer(groups: ParameterGroups, config: TrainConfig) -> torch.optim.Optimizer:
     """One optimizer with a named param group per learning rate: ``blocks`` at ``lr``, ``decoupled`` at
-    ``decoupled_lr`` (``lr`` when unset), ``synthesizers`` at ``synth_lr``; empty groups are left out."""
-    rates = {"blocks": config.lr, "decoupled": config.lr if config.decoupled_lr is None else config.decoupled_lr,
-             SYNTHESIZER_GROUP: config.synth_lr}
-    param_groups = [{"params": getattr(groups, name), "lr": lr, "name": name}
-                    for name, lr in rates.items() if getattr(groups, name)]
+    ``decoupled_lr`` (with the blocks when unset), ``synthesizers`` at ``synth_lr``; empty groups are left out.
+    As few groups as rates: a fused optimizer makes one call per group, which costs a step ~0.2 ms each."""
+    blocks, decoupled = groups.blocks, groups.decoupled
+    if config.decoupled_lr is None:
+        blocks, decoupled = blocks + decoupled, []
+    param_groups = [{"params": params, "lr": lr, "name": name}
+                    for name, params, lr in (("blocks", blocks, config.lr), ("decoupled", decoupled, config.decoupled_lr),
+                                             (SYNTHESIZER_GROUP, groups.synthesizers, config.synth_lr)) if params]
     if config.optimizer == "sgd":
         return torch.optim.SGD(param_groups, momentum=config.momentum)
     # fused: one kernel for all parameters instead of a dozen small ops per tensor; synthesizers add many

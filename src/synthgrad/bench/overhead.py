@@ -1,0 +1,103 @@
+"""``synthgrad bench overhead``: what synthgrad costs beyond the method itself, on the default MNIST MLP.
+
+One epoch of three runs, in turn, for ``rounds`` rounds: a plain PyTorch loop (the same network, the same
+batches in the same order, the same fused Adam and cosine schedule, nothing else), ``synthgrad train
+--method backprop`` and ``synthgrad train --method cdni`` (every cut decoupled). synthgrad's time is its
+``train_seconds`` (the engine's steps: the divergence guard, the records' statistics and everything a step
+does, but not evaluation or checkpoints, which the plain loop does not do either). The table gives the
+median seconds per epoch of each and two ratios: backprop's engine against the plain loop (what the
+engine costs) and cDNI against backprop (what decoupling every cut costs).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from synthgrad.bench.report import markdown_table, write_report
+from synthgrad.engine.classification import Split, epoch_order
+from synthgrad.engine.optim import lr_multiplier
+from synthgrad.experiments.classifier import load_splits, run_experiment
+from synthgrad.experiments.classifier_config import DRY_RUN_STEPS, ClassifierConfig, build_model, classifier_config
+
+RUNS = ("plain", "backprop", "cdni")
+
+
+@dataclass
+class OverheadBenchConfig:
+    """``rounds`` rounds of one epoch of each run, on the default ``synthgrad train`` MLP."""
+
+    data_dir: str = ""
+    rounds: int = 3
+    dry_run: bool = False
+
+
+def plain_loop(config: ClassifierConfig, train_split: Split) -> float:
+    """Seconds of one epoch of the loop a PyTorch user writes: the network ``config`` names, Adam, the cosine
+    schedule, batches in the engine's order. Returns the wall time of the loop alone."""
+    torch.manual_seed(config.seed)
+    model = build_model(config).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
+    steps = config.train.steps or len(train_split.labels) // config.batch_size
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train, steps))
+    order = epoch_order(config.seed, 0, len(train_split.labels))
+    started = time.perf_counter()
+    for step in range(steps):
+        index = order[step * config.batch_size:(step + 1) * config.batch_size]
+        loss = nn.functional.cross_entropy(model(train_split.inputs[index]), train_split.labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return time.perf_counter() - started
+
+
+def run_overhead(config: OverheadBenchConfig, out_dir: Path, *, command: str = "synthgrad bench overhead",
+                 progress: bool = True) -> dict[str, Any]:
+    """Run every round and write ``results.json`` and ``overhead.md`` into ``out_dir``; returns the results:
+    each run's seconds per epoch (every round and the median) and the two ratios of the medians."""
+    out_dir = Path(out_dir)
+    train_split, _, _ = load_splits("mnist", config.data_dir, download=not config.dry_run, dry_run=config.dry_run)
+    runs: dict[str, Callable[[int], float]] = {
+        "plain": lambda round_: plain_loop(_classifier(config, "backprop"), train_split),
+        "backprop": lambda round_: _engine_seconds(config, "backprop", out_dir / f"backprop-{round_}"),
+        "cdni": lambda round_: _engine_seconds(config, "cdni", out_dir / f"cdni-{round_}"),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in RUNS}
+    for round_ in tqdm(range(config.rounds), desc="overhead bench", unit="round", disable=not progress):
+        for name in RUNS:  # in turn, so that every run sees the same drift of the machine
+            seconds[name].append(runs[name](round_))
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    results = {"seconds_per_epoch": seconds, "median_seconds_per_epoch": medians,
+               "backprop_over_plain": medians["backprop"] / medians["plain"],
+               "cdni_over_backprop": medians["cdni"] / medians["backprop"],
+               "threads": torch.get_num_threads(), "command": command, "config": asdict(config)}
+    write_report(out_dir, "overhead", command, results, [_table(results, config)])
+    return results
+
+
+def _classifier(config: OverheadBenchConfig, method: str) -> ClassifierConfig:
+    return classifier_config(method=method, data_dir=config.data_dir, download=not config.dry_run,
+                             dry_run=config.dry_run, epochs=1, steps=DRY_RUN_STEPS if config.dry_run else None,
+                             progress=False, checkpoint_every=0)
+
+
+def _engine_seconds(config: OverheadBenchConfig, method: str, run_dir: Path) -> float:
+    return run_experiment(_classifier(config, method), run_dir, on_note=lambda note: None)["train_seconds"]
+
+
+def _table(results: dict[str, Any], config: OverheadBenchConfig) -> str:
+    medians, seconds = results["median_seconds_per_epoch"], results["seconds_per_epoch"]
+    rows = [[name, f"{medians[name]:.2f}", " ".join(f"{value:.2f}" for value in seconds[name])] for name in RUNS]
+    threads = results["threads"]
+    return (f"Default MNIST MLP (3 x 256), one epoch per run, {config.rounds} rounds, {threads} torch "
+            f"thread{'s' if threads > 1 else ''}.\n\n"
+            + markdown_table(["run", "s / epoch (median)", "each round"], rows)
+            + f"\nsynthgrad train --method backprop / plain loop: {results['backprop_over_plain']:.2f}x; "
+            f"--method cdni / --method backprop: {results['cdni_over_backprop']:.2f}x\n")
