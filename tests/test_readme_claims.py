@@ -1,8 +1,8 @@
-"""The README's headline results, rerun end to end through the command line on real data and held to the
-thresholds the README states (the issues' targets where it has them).
+"""The README's headline results (its *Results at a glance*), rerun end to end through the command line on
+real data and held to the thresholds the docs state (the issues' targets where they have them).
 
 Marked slow: about 10 minutes on two idle cores, one thread per run, so CI runs the fast suite only and
-``pytest -m slow`` runs these. Each test names the README section whose numbers it checks; the values
+``pytest -m slow`` runs these. Each test names the docs page and section whose numbers it checks; the values
 measured there (seed 0 unless stated, the seed every command here uses) are in its docstring. A test that
 fails here means a change moved a published number: rerun the section's command and update both.
 """
@@ -31,49 +31,51 @@ def _test_errors(model: str, methods: tuple[str, ...], environ: dict[str, str], 
 
 
 def test_the_default_job_reaches_98_percent(tmp_path, environ):
-    """The README's first command, ``synthgrad train`` (cDNI MLP, 10 epochs): 98.49% in *Every layer
-    decoupled* (median of seeds 0-2)."""
+    """The README's first command, ``synthgrad train`` (cDNI MLP, 10 epochs): 98.49% in docs/mnist.md,
+    *Every layer decoupled* (median of seeds 0-2)."""
     assert _run(["train"], environ, tmp_path / "run")["test_acc"] >= 0.98
 
 
 @pytest.mark.parametrize("model", ["fcn3", "fcn4", "fcn5", "fcn6"])
 def test_cdni_is_within_half_a_point_of_backprop(model, tmp_path, environ):
-    """*The paper's Table 1*: cDNI within 0.5 points of backprop at every FCN depth (issue 3's target);
-    measured 0.07, 0.08, 0.36 and 0.33 points behind."""
+    """docs/mnist.md, *The paper's Table 1: fully connected nets*: cDNI within 0.5 points of backprop at every
+    FCN depth (issue 3's target); measured 0.07, 0.08, 0.36 and 0.33 points behind."""
     errors = _test_errors(model, ("backprop", "cdni"), environ, tmp_path)
     assert errors["cdni"] - errors["backprop"] <= 0.5, errors
 
 
 def test_dni_teaches_the_lower_layers_on_fcn3(tmp_path, environ):
-    """*The paper's Table 1*, FCN 3 layers: backprop 1.54% < DNI 3.33% < No Bprop 9.77%. DNI trails
-    backprop, but its lower layers learn: far more than the frozen ones of No Bprop."""
+    """docs/mnist.md, *The paper's Table 1: fully connected nets*, FCN 3 layers: backprop 1.54% < DNI 3.33%
+    < No Bprop 9.77%. DNI trails backprop, but its lower layers learn: far more than the frozen ones of
+    No Bprop."""
     errors = _test_errors("fcn3", ("backprop", "dni", "no-backprop"), environ, tmp_path)
     assert errors["backprop"] < errors["dni"] < errors["no-backprop"] - 3, errors
 
 
 def test_stochastic_updates_keep_fcn4_cdni_above_97_percent(tmp_path, environ):
-    """*Stochastic updates and complete unlock*: each layer updating with probability 0.2 still reaches
-    97.98% (issue 3's target: 97.0%)."""
+    """docs/mnist.md, *Stochastic updates and complete unlock*: each layer updating with probability 0.2
+    still reaches 97.98% (issue 3's target: 97.0%)."""
     argv = ["train", "--model", "fcn4", "--method", "cdni", "--update-prob", "0.2"]
     assert _run(argv, environ, tmp_path / "run")["test_acc"] >= 0.97
 
 
 def test_forward_unlock_keeps_fcn3_cdni_above_96_percent(tmp_path, environ):
-    """*Stochastic updates and complete unlock*: blocks fed synthetic inputs reach 98.49% (issue 3's
-    target: 96%)."""
+    """docs/mnist.md, *Stochastic updates and complete unlock*: blocks fed synthetic inputs reach 98.49%
+    (issue 3's target: 96%)."""
     argv = ["train", "--model", "fcn3", "--method", "cdni", "--forward-unlock"]
     assert _run(argv, environ, tmp_path / "run")["test_acc"] >= 0.96
 
 
 @pytest.mark.parametrize("flags, target", [([], 0.85), (["--cdni"], 0.87)])
 def test_the_corrected_gist_beats_the_original(flags, target, tmp_path, environ):
-    """*The seed gist, done right*: DNI 0.862 and cDNI 0.882 after the gist's 1000 iterations, where the
-    gist itself reached 0.806-0.808."""
+    """docs/gist.md: DNI 0.862 and cDNI 0.882 after the gist's 1000 iterations (medians of seeds 0-2), where
+    the gist itself reached 0.806-0.808."""
     assert _run(["gist", *flags], environ, tmp_path / "run")["test_acc"] >= target
 
 
 def test_dni_copies_longer_sequences_than_bptt_at_truncation_5(tmp_path):
-    """*Recurrent results*, Copy at T=5 in 20 000 batches: DNI solves length 4, BPTT 2 (every seed)."""
+    """docs/recurrent.md, *Copy and Repeat Copy*, Copy at T=5 in 20 000 batches: DNI solves length 4, BPTT 2
+    (every seed)."""
     lengths = {method: _run(["rnn", "copy", "-T", "5", "--method", method, "--steps", "20000"], {},
                             tmp_path / method)["max_length_solved"]
                for method in ("bptt", "dni")}
