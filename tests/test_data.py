@@ -264,6 +264,25 @@ def test_download_tries_next_mirror_after_404(tmp_path: Path, server) -> None:
     assert os.listdir(dest.parent) == ["labels.gz"]
 
 
+def test_download_names_each_mirrors_reason(tmp_path: Path, server, closed_url: str) -> None:
+    base_url, served = server
+    (served / "page.gz").write_bytes(b"<html>moved</html>")  # served with 200, but not gzip
+    urls = [base_url + "gone.gz", base_url + "page.gz", closed_url + "x.gz"]
+    with pytest.raises(DatasetError) as info:
+        download_file(urls, tmp_path / "x.gz", sha256="0" * 64)
+    message = str(info.value)
+    assert f"{base_url}gone.gz (HTTP 404 File not found)" in message  # the server's reason phrase
+    assert f"{base_url}page.gz (not a valid gzip file" in message
+    assert f"{closed_url}x.gz (" in message and "by hand from one of these URLs" in message
+
+
+def test_download_into_a_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    blocker = _write(tmp_path / "data", b"a file where the data directory should be")
+    with pytest.raises(DatasetError, match=rf"cannot write x\.gz into {blocker / 'mnist'}: .*"
+                       r"Choose a data directory you can write to\."):
+        download_file(["http://127.0.0.1:9/x.gz"], blocker / "mnist" / "x.gz", sha256="0" * 64)
+
+
 def test_download_raw_file_checksum_is_of_its_bytes(tmp_path: Path, server) -> None:
     base_url, served = server
     _write(served / "blob.bin", b"raw bytes")
