@@ -108,6 +108,7 @@ _Fetch = Callable[[Sequence[str], Path], None]
 
 
 def _contenders(content: bytes, publisher_gz: bytes) -> dict[str, _Fetch]:
+    """The four ways, by column name, each expecting `content` (served as `publisher_gz`)."""
     sha256 = hashlib.sha256(content).hexdigest()
     publisher_hash = "sha256:" + hashlib.sha256(publisher_gz).hexdigest()
 
@@ -153,6 +154,7 @@ def _pooch_fetch(url: str, handle: BinaryIO, timeout: float) -> None:
 
 
 def _cases(base: str, closed: str) -> dict[str, list[str]]:
+    """Each case's mirrors, in the order they are tried."""
     url = {route: f"{base}{route}{_NAME}" for route in ("/good/", "/rewrapped/", "/cut/", "/html/")}
     return {
         "one good mirror": [url["/good/"]],
