@@ -1,4 +1,4 @@
-"""Tests for synthgrad.data.cifar10 and the by-name registry (synthgrad.data.registry).
+"""Tests for synthgrad.data.cifar10 and `load_dataset`, the loader by name.
 
 The real archive is not needed: tiny batch files in CIFAR-10's own binary format (a label byte, then
 3x32x32 channel-major pixels, per record) are written to tmp_path, four records per file, through a
@@ -18,17 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthgrad.data import cifar10
-from synthgrad.data import (
-    CIFAR10_SPEC,
-    DATASET_NAMES,
-    Cifar10Spec,
-    DatasetError,
-    ImageSplits,
-    load_cifar10,
-    load_cifar10_files,
-    load_dataset,
-)
+from synthgrad.data import DATASET_NAMES, DatasetError, ImageSplits, load_dataset
+from synthgrad.data.cifar10 import CIFAR10_SPEC, Cifar10Spec, load_cifar10_files
 
 RECORDS = 4  # per batch file
 RECORD_BYTES = 1 + 3 * 32 * 32
@@ -133,12 +124,14 @@ def test_published_spec() -> None:
     assert CIFAR10_SPEC.records_per_file * RECORD_BYTES == 30730000
 
 
-def test_real_spec_rejects_short_files_with_the_published_size(tmp_path: Path) -> None:
-    _write_batches(tmp_path)  # four records per file, not 10000
+@pytest.mark.parametrize("layout", ["extracted folder", "files directly in root"])
+def test_load_dataset_uses_the_published_spec(tmp_path: Path, layout: str) -> None:
+    folder = _write_batches(tmp_path / FOLDER if layout == "extracted folder" else tmp_path)
+    # Four records per file, not the published 10000: rejected by size.
     with pytest.raises(DatasetError) as info:
-        load_cifar10(tmp_path, download=False)
+        load_dataset("cifar-10", tmp_path, download=False)
     message = str(info.value)
-    assert f"{tmp_path / 'data_batch_1.bin'} is truncated" in message
+    assert f"{folder / 'data_batch_1.bin'} is truncated" in message
     assert f"it has {RECORDS * RECORD_BYTES} bytes, expected 30730000" in message
 
 
@@ -303,7 +296,7 @@ def test_missing_everything_without_download(tmp_path: Path) -> None:
     message = str(info.value)
     assert f"neither {FOLDER}/, nor its .bin files, nor {ARCHIVE}" in message
     assert f"{tmp_path / 'nowhere'}, which does not exist" in message
-    assert "download=True" in message
+    assert "download=True" in message and info.value.fields == ("download",)
     assert "https://example.invalid/cifar-10-binary.tar.gz by hand" in message
 
 
@@ -360,18 +353,6 @@ def test_load_dataset_dispatches_to_the_dataset_loader(
         load_dataset(name, tmp_path, download=False)
     message = str(info.value)
     assert message.startswith(f"{name}: ") and looked_for in message
-
-
-def test_load_dataset_cifar10_uses_the_published_spec(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _write_batches(tmp_path / FOLDER)
-    # The published spec wants 10000 records per file, so four-record files are rejected by size...
-    with pytest.raises(DatasetError, match=r"data_batch_1\.bin is truncated.*expected 30730000"):
-        load_dataset("cifar-10", tmp_path, download=False)
-    # ...and with that spec swapped for the tiny one, the registry loads them.
-    monkeypatch.setattr(cifar10, "CIFAR10_SPEC", _spec())
-    _assert_tiny_splits(load_dataset("cifar-10", tmp_path, download=False))
 
 
 def test_load_dataset_unknown_name_lists_allowed(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Tests for synthgrad.data: IDX decoding, verified atomic downloads, and the MNIST-family loader.
+"""Tests for synthgrad.data: its public names, IDX decoding, verified atomic downloads, and the
+MNIST-family loader.
 
 Real MNIST is read from `$SYNTHGRAD_DATA/mnist` (default: the `shared/data` directory beside the
 repository). Everything else uses tiny IDX files written to tmp_path and an HTTP server on loopback.
@@ -16,17 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from synthgrad.data import (
-    IDX_DATASETS,
-    DatasetError,
-    IdxDatasetSpec,
-    IdxFile,
-    download_file,
-    load_idx_dataset,
-    load_idx_files,
-    read_idx,
-    verify_file,
-)
+import synthgrad.data
+from synthgrad.data import DatasetError, load_dataset
+from synthgrad.data.download import download_file, verify_file
+from synthgrad.data.idx import read_idx
+from synthgrad.data.idx_datasets import IDX_DATASETS, IdxDatasetSpec, IdxFile, load_idx_files
+from synthgrad.errors import SynthgradError
 
 # From shared/data/README.md.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -75,12 +71,23 @@ def _tiny_spec(mirrors: tuple[str, ...] = (), contents: dict[str, bytes] = TINY)
     )
 
 
+# --- the public names ----------------------------------------------------------------------------
+
+
+def test_public_names() -> None:
+    assert sorted(synthgrad.data.__all__) == [
+        "DATASET_NAMES", "DatasetError", "IMAGE_SHAPES", "ImageSplits", "load_dataset"
+    ]
+    assert all(hasattr(synthgrad.data, name) for name in synthgrad.data.__all__)
+    assert issubclass(DatasetError, SynthgradError)  # the command line catches it with the rest
+
+
 # --- real MNIST ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def mnist(data_root):
-    return load_idx_dataset("mnist", data_root / "mnist", download=False)
+    return load_dataset("mnist", data_root / "mnist", download=False)
 
 
 def test_mnist_shapes_dtypes_and_label_counts(mnist) -> None:
@@ -177,7 +184,8 @@ def test_missing_file_without_download(tmp_path: Path) -> None:
     message = str(info.value)
     assert "t10k-labels-idx1-ubyte" in message and str(tmp_path) in message
     assert "https://example.invalid/tiny/t10k-labels-idx1-ubyte.gz" in message
-    assert "download=True" in message
+    assert "download=True" in message and "--" not in message  # the argument, not a flag
+    assert info.value.fields == ("download",)  # which the command line may spell its own way
 
 
 def test_missing_file_of_a_spec_without_mirrors(tmp_path: Path) -> None:
@@ -187,7 +195,7 @@ def test_missing_file_of_a_spec_without_mirrors(tmp_path: Path) -> None:
 
 def test_missing_directory_without_download(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
-        load_idx_dataset("mnist", tmp_path / "nowhere", download=False)
+        load_dataset("mnist", tmp_path / "nowhere", download=False)
 
 
 def test_corrupt_file_fails_checksum(tmp_path: Path) -> None:
@@ -214,11 +222,6 @@ def test_images_and_labels_count_mismatch(tmp_path: Path) -> None:
         _write(tmp_path / name, data)
     with pytest.raises(DatasetError, match=r"5 images but train-labels-idx1-ubyte has 4 labels"):
         load_idx_files(_tiny_spec(contents=contents), tmp_path, download=False)
-
-
-def test_unknown_dataset_lists_allowed_names(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"unknown dataset 'cifar'.*'mnist', 'fashion-mnist'"):
-        load_idx_dataset("cifar", tmp_path)
 
 
 def test_missing_files_are_downloaded_verified(tmp_path: Path, server, closed_url: str) -> None:
@@ -259,6 +262,25 @@ def test_download_tries_next_mirror_after_404(tmp_path: Path, server) -> None:
     )
     assert dest.read_bytes() == (served / "good" / "labels.gz").read_bytes()
     assert os.listdir(dest.parent) == ["labels.gz"]
+
+
+def test_download_names_each_mirrors_reason(tmp_path: Path, server, closed_url: str) -> None:
+    base_url, served = server
+    (served / "page.gz").write_bytes(b"<html>moved</html>")  # served with 200, but not gzip
+    urls = [base_url + "gone.gz", base_url + "page.gz", closed_url + "x.gz"]
+    with pytest.raises(DatasetError) as info:
+        download_file(urls, tmp_path / "x.gz", sha256="0" * 64)
+    message = str(info.value)
+    assert f"{base_url}gone.gz (HTTP 404 File not found)" in message  # the server's reason phrase
+    assert f"{base_url}page.gz (not a valid gzip file" in message
+    assert f"{closed_url}x.gz (" in message and "by hand from one of these URLs" in message
+
+
+def test_download_into_a_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    blocker = _write(tmp_path / "data", b"a file where the data directory should be")
+    with pytest.raises(DatasetError, match=rf"cannot write x\.gz into {blocker / 'mnist'}: .*"
+                       r"Choose a data directory you can write to\."):
+        download_file(["http://127.0.0.1:9/x.gz"], blocker / "mnist" / "x.gz", sha256="0" * 64)
 
 
 def test_download_raw_file_checksum_is_of_its_bytes(tmp_path: Path, server) -> None:

@@ -1,36 +1,11 @@
-"""Dataset loading: download with verification, IDX and CIFAR-10 decoding, a registry by name."""
+"""Image-classification datasets by name: downloaded, verified and decoded by `load_dataset`.
 
-from synthgrad.data.cifar10 import CIFAR10_SPEC, Cifar10Spec, load_cifar10, load_cifar10_files
-from synthgrad.data.download import DEFAULT_TIMEOUT_S, download_file, verify_file
-from synthgrad.errors import DatasetError
-from synthgrad.data.idx import read_idx
-from synthgrad.data.idx_datasets import (
-    IDX_DATASETS,
-    IdxDatasetSpec,
-    IdxFile,
-    load_idx_dataset,
-    load_idx_files,
-)
+Where the files are read from and cached, what is verified and what each failure says: docs/data.md.
+The sequence tasks and the text corpus live in `synthgrad.data.sequence_tasks` and `synthgrad.data.text`.
+"""
+
 from synthgrad.data.registry import DATASET_NAMES, IMAGE_SHAPES, load_dataset
 from synthgrad.data.splits import ImageSplits
+from synthgrad.errors import DatasetError
 
-__all__ = [
-    "CIFAR10_SPEC",
-    "Cifar10Spec",
-    "DATASET_NAMES",
-    "DEFAULT_TIMEOUT_S",
-    "DatasetError",
-    "IDX_DATASETS",
-    "IMAGE_SHAPES",
-    "IdxDatasetSpec",
-    "IdxFile",
-    "ImageSplits",
-    "download_file",
-    "load_cifar10",
-    "load_cifar10_files",
-    "load_dataset",
-    "load_idx_dataset",
-    "load_idx_files",
-    "read_idx",
-    "verify_file",
-]
+__all__ = ["DATASET_NAMES", "IMAGE_SHAPES", "DatasetError", "ImageSplits", "load_dataset"]

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from synthgrad.data.download import download_file, verify_file
-from synthgrad.errors import DatasetError
 from synthgrad.data.splits import ImageSplits
+from synthgrad.errors import DatasetError
 
 _IMAGE_SHAPE = (3, 32, 32)  # (C, H, W), channel-major as stored
 _RECORD_BYTES = 1 + 3 * 32 * 32  # one label byte, then the pixels
@@ -68,23 +68,6 @@ CIFAR10_SPEC = Cifar10Spec(
     records_per_file=10000,
 )
 """The published CIFAR-10 binary archive."""
-
-
-def load_cifar10(root: str | os.PathLike, *, download: bool = True) -> ImageSplits:
-    """Load CIFAR-10 from `root`; see `load_cifar10_files` for what `root` may hold.
-
-    Args:
-        root: the CIFAR-10 data directory.
-        download: fetch the archive into `root` if no batch files nor archive are there.
-
-    Returns:
-        ImageSplits named "cifar-10": uint8 images (50000, 3, 32, 32) and (10000, 3, 32, 32),
-        int64 labels in [0, 10).
-
-    Raises:
-        DatasetError: see `load_cifar10_files`.
-    """
-    return load_cifar10_files(CIFAR10_SPEC, root, download=download)
 
 
 def load_cifar10_files(
@@ -154,7 +137,8 @@ def _locate_folder(spec: Cifar10Spec, root: Path, download: bool) -> Path:
         )
         raise DatasetError(
             f"{spec.name}: neither {spec.folder}/, nor its .bin files, nor {spec.archive_name} "
-            f"is in {where}. Pass download=True to fetch it, or {by_hand}."
+            f"is in {where}. Set {{0}}=True to fetch it, or {by_hand}.",
+            "download",
         )
     _extract(spec, archive, root)
     return nested

@@ -27,8 +27,7 @@ from typing import BinaryIO, Sequence
 
 from synthgrad.errors import DatasetError
 
-DEFAULT_TIMEOUT_S = 30.0
-"""Seconds to wait for a mirror to connect or send more data before trying the next one."""
+_TIMEOUT_S = 30.0  # seconds a mirror may take to connect or send more, before the next is tried
 
 _CHUNK_BYTES = 1 << 20
 _USER_AGENT = "synthgrad"  # some mirrors refuse urllib's default user agent
@@ -47,7 +46,7 @@ def download_file(
     sha256: str | None = None,
     md5: str | None = None,
     size: int | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,
+    timeout: float = _TIMEOUT_S,
     decompress: bool | None = None,
 ) -> Path:
     """Fetch `dest` from the first of `urls` that serves the expected content.

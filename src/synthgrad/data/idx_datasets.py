@@ -20,9 +20,9 @@ from typing import Mapping
 import torch
 
 from synthgrad.data.download import download_file
-from synthgrad.errors import DatasetError
 from synthgrad.data.idx import read_idx
 from synthgrad.data.splits import ImageSplits
+from synthgrad.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -92,26 +92,6 @@ IDX_DATASETS: Mapping[str, IdxDatasetSpec] = MappingProxyType({
 """The registered IDX datasets by name; read-only so no caller can change what others load."""
 
 
-def load_idx_dataset(name: str, root: str | os.PathLike, *, download: bool = True) -> ImageSplits:
-    """Load a registered IDX dataset (`mnist` or `fashion-mnist`) from `root`.
-
-    Args:
-        name: a key of `IDX_DATASETS`.
-        root: the directory that holds the four files directly, each as `X` or `X.gz`.
-        download: fetch missing files into `root` from the dataset's mirrors.
-
-    Returns:
-        The splits; see `load_idx_files`.
-
-    Raises:
-        DatasetError: unknown name, or any failure of `load_idx_files`.
-    """
-    if name not in IDX_DATASETS:
-        allowed = ", ".join(repr(known) for known in IDX_DATASETS)
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {allowed}.")
-    return load_idx_files(IDX_DATASETS[name], root, download=download)
-
-
 def load_idx_files(
     spec: IdxDatasetSpec, root: str | os.PathLike, *, download: bool = True
 ) -> ImageSplits:
@@ -164,7 +144,8 @@ def _locate(spec: IdxDatasetSpec, file: IdxFile, root: Path, download: bool) -> 
         by_hand = f"download {urls[0]} by hand into {root}" if urls else f"put it in {root}"
         raise DatasetError(
             f"{spec.name}: {file.name} (or {file.name}.gz) is missing from {where}. "
-            f"Pass download=True to fetch it, or {by_hand}."
+            f"Set {{0}}=True to fetch it, or {by_hand}.",
+            "download",
         )
     return download_file(urls, root / f"{file.name}.gz", sha256=file.sha256, size=file.size)
 

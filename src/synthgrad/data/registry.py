@@ -7,15 +7,15 @@ import os
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from synthgrad.data.cifar10 import CIFAR10_SPEC, load_cifar10
-from synthgrad.errors import DatasetError
-from synthgrad.data.idx_datasets import IDX_DATASETS, load_idx_dataset
+from synthgrad.data.cifar10 import CIFAR10_SPEC, load_cifar10_files
+from synthgrad.data.idx_datasets import IDX_DATASETS, load_idx_files
 from synthgrad.data.splits import ImageSplits
+from synthgrad.errors import DatasetError
 
 # Each loader takes (root, *, download) and returns the dataset's splits.
 _LOADERS: Mapping[str, Callable[..., ImageSplits]] = MappingProxyType({
-    **{name: functools.partial(load_idx_dataset, name) for name in IDX_DATASETS},
-    CIFAR10_SPEC.name: load_cifar10,
+    **{name: functools.partial(load_idx_files, spec) for name, spec in IDX_DATASETS.items()},
+    CIFAR10_SPEC.name: functools.partial(load_cifar10_files, CIFAR10_SPEC),
 })
 
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
@@ -35,7 +35,7 @@ def load_dataset(name: str, root: str | os.PathLike, *, download: bool = True) -
     Args:
         name: one of `DATASET_NAMES`.
         root: the directory of this dataset's files (e.g. `data/mnist`, `data/cifar-10`); what it
-            may hold is described by `load_idx_dataset` and `load_cifar10`.
+            may hold is described by `load_idx_files` and `load_cifar10_files`.
         download: fetch missing files into `root`; if False they must already be there.
 
     Returns:
