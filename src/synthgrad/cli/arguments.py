@@ -3,11 +3,10 @@ reports to the terminal."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -134,20 +133,6 @@ def report(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> N
           f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training"
           + (f"; synthetic-gradient cosine per cut: {', '.join(cosines)}" if cosines else ""))
     print(f"run directory: {run_dir} (figures: {', '.join(path.name for path in figures)})")
-
-
-@contextlib.contextmanager
-def torch_threads(count: Optional[int]) -> Iterator[None]:
-    """``count`` torch threads while active (``None``: as they are), the previous number after. Small runs
-    (the gist's batches of 10, a small LSTM stepped one chunk at a time) lose more to a second thread than
-    they gain."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def explicit_options(args: argparse.Namespace) -> set[str]:

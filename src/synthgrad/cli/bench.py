@@ -269,8 +269,7 @@ def _bench_gist(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = GistBenchConfig(data_dir=str(resolve_data_dir("mnist", args.data_dir, environ)),
                              methods=tuple(args.methods), seeds=tuple(args.seeds), dry_run=args.dry_run,
                              progress=not args.no_progress)
-    with torch_threads(1):  # as ``synthgrad gist``: batches of 10 through a 784-100-10 net
-        run_gist(config, args.out, command=_command_line("gist", args, ("methods", "seeds", "out")), on_note=_note)
+    run_gist(config, args.out, command=_command_line("gist", args, ("methods", "seeds", "out")), on_note=_note)
     print((args.out / "gist.md").read_text())
 
 

@@ -19,7 +19,6 @@ from synthgrad.cli.arguments import (
     report,
     resolve_data_dir,
     resolve_device,
-    torch_threads,
 )
 from synthgrad.cli.pipeline import add_pipeline_arguments, processes_here, train_pipeline
 from synthgrad.engine.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
@@ -183,10 +182,8 @@ def run_classifier(config: ClassifierConfig, run_dir: Path, resume: Optional[dic
     for both, so that a resumed run does exactly what the first one did. Ctrl-C stops it after the
     current step with a checkpoint (``synthgrad.engine.train``)."""
     is_gist = config.model == GIST_MODEL
-    # the gist's batches of 10 through a 784-100-10 net: threads cost more than they give
-    with torch_threads(1 if is_gist else None):
-        summary = run_experiment(config, run_dir, model_builder=model_builder(config),
-                                 on_record=_gist_printer() if is_gist else print_epoch, resume=resume)
+    summary = run_experiment(config, run_dir, model_builder=model_builder(config),
+                             on_record=_gist_printer() if is_gist else print_epoch, resume=resume)
     report(summary, run_dir, plot_run(run_dir))
 
 

@@ -38,6 +38,9 @@ class TrainConfig:
     ``checkpoint_every`` (a multiple of ``log_every``, so that no checkpoint falls inside a metrics interval
     of an uninterrupted run; 0: none) keeps the newest ``keep_checkpoints``.
 
+    ``threads``: torch's intra-op threads while training (``None``: as they are). Small steps (batches of ten,
+    an LSTM stepped one chunk at a time) lose more to a second thread's synchronisation than they gain.
+
     ``record_seconds``: every record also holds ``train/seconds``, the training clock so far, for curves
     against time (records of otherwise identical runs then differ).
 
@@ -64,6 +67,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     record_seconds: bool = False
+    threads: Optional[int] = None
 
 
 def validate_train_config(config: TrainConfig) -> None:
@@ -78,6 +82,8 @@ def validate_train_config(config: TrainConfig) -> None:
     for field in ("epochs", "log_every", "stats_every", "keep_checkpoints"):
         if getattr(config, field) <= 0:
             raise InvalidConfig(f"{{0}} must be positive, got {getattr(config, field)}", field)
+    if config.threads is not None and config.threads <= 0:
+        raise InvalidConfig(f"{{0}} must be positive (or None: as they are), got {config.threads}", "threads")
     if config.eval_every is not None and config.eval_every <= 0:
         raise InvalidConfig(f"{{0}} must be positive (or None: every epoch), got {config.eval_every}", "eval_every")
     for field, value in (("lr", config.lr), ("synth_lr", config.synth_lr), ("decoupled_lr", config.decoupled_lr)):

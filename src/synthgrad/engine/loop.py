@@ -88,8 +88,20 @@ def train(task: Task, config: TrainConfig, run_dir: Path, *, resume: Optional[di
     run = _Run(task, config, Path(run_dir), Path(checkpoint_dir or run_dir), world or LocalWorld())
     if resume is not None:
         run.restore(resume)
-    with _stop_requests(stop_requested) as stop:
+    with _stop_requests(stop_requested) as stop, _torch_threads(config.threads):
         return run.train(stop, on_record)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: Optional[int]) -> Iterator[None]:
+    """``count`` torch threads while active (``None``: as they are), the previous number after."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager

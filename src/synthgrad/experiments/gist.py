@@ -26,7 +26,7 @@ def gist_config(method: str = "dni", **overrides: object) -> ClassifierConfig:
     ``overrides`` of any ``ClassifierConfig`` or ``TrainConfig`` field (see ``classifier_config``)."""
     settings = dict(steps=1000, batch_size=10, lr=2e-2, synth_lr=3e-3, optimizer="sgd",
                     lr_schedule="constant", synth_every=1, eval_every=500, log_every=1, stats_every=1,
-                    checkpoint_every=100)
+                    checkpoint_every=100, threads=1)  # batches of 10 through a 784-100-10 net
     settings.update(overrides)
     return classifier_config(dataset="mnist", model=GIST_MODEL, method=method, layers=1, width=HIDDEN_DIM,
                              synth_layers=0, synth_width=HIDDEN_DIM, **settings)
