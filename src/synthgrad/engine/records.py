@@ -2,8 +2,8 @@
 files (config, summary).
 
 The metric keys are one set across every command, listed in ``docs/metrics.md``: every record has
-``step`` and ``train/seconds``; tasks add theirs (``train/loss``, ``test/acc``, ``val/bpc``, ...), the
-engine the synthesizers' (``sg/loss/<cut>``, ``sg/cos/<cut>``, ...).
+``step`` (and ``train/seconds`` with ``TrainConfig.record_seconds``); tasks add theirs (``train/loss``,
+``test/acc``, ``val/bpc``, ...), the engine the synthesizers' (``sg/loss/<cut>``, ``sg/cos/<cut>``, ...).
 """
 from __future__ import annotations
 

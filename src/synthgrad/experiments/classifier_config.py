@@ -14,70 +14,42 @@ from synthgrad.experiments.image_models import (CNN_PRESETS, FCN_PRESETS, MLP_MO
 
 DATASETS = DATASET_NAMES
 DRY_RUN_STEPS = 3
-CDNI_SYNTH_RANK = 32
-"""Rank of the default MLP's cDNI synthesizers (``None``: the paper's full linear map). Measured on the
-default MLP after 10 epochs (``synthgrad bench methods --seeds 0 1 2``, benchmarks/results/mnist_methods.md):
-98.49% test accuracy against the full map's 98.56%, the same cosine of ~0.7 at every cut, in 82% of its
-training time."""
-DNI_DECOUPLED_LR = 3e-5
-"""Default learning rate of the blocks below the top cut under unconditioned DNI, on the MLPs and the
-paper's CNNs (the top block keeps ``lr``; 3e-5 is also the paper's Adam rate). Those blocks follow
-synthetic gradients that, for most of a short run, point nowhere in particular (README, *Why DNI lags*):
-moving slowly limits the harm. Measured on the default MLP after 10 epochs (seed 0): 96.1% test accuracy
-with 3e-5, 95.7% with 1e-4, 95.5% with 1e-5; with every block at 1e-3 it was at 88.4% after 2 epochs and
-barely above training the output layer alone. On ``--model cnn4 --method dni`` after 1 epoch (seed 0):
-test error 2.21% with 3e-5, 2.67% with 1e-4 (seed 1: 2.60%) and 3.99% at the full rate, which was worse
-than leaving the lower blocks at initialisation (No Bprop: 3.85%; backprop 0.76%)."""
-
-
 NUM_CLASSES = 10
 """Classes of every dataset here (MNIST, Fashion-MNIST, CIFAR-10)."""
 
+CDNI_SYNTH_RANK = 32
+"""Rank of the default MLP's cDNI synthesizers (``None``: the paper's full linear map): the same accuracy and
+cosines in less time (docs/mnist.md#cdni-a-rank-32-synthesizer)."""
+DNI_DECOUPLED_LR = 3e-5
+"""Learning rate of the blocks below the top cut under unconditioned DNI (the MLPs and the paper's CNNs; the
+top block keeps ``lr``). Those blocks follow synthetic gradients that, for most of a short run, point
+nowhere in particular; moving slowly limits the harm (docs/mnist.md#dni-the-slower-lower-blocks)."""
 PAPER_TRAINING = {"optimizer": "adam", "lr": 3e-5, "synth_lr": 3e-5, "batch_size": 256, "steps": 500_000,
                   "lr_schedule": "constant", "warmup_steps": 0}
-"""The paper's optimisation for its feed-forward experiments (section 3.1): Adam at 3e-5, batch 256,
-500k iterations. Our defaults (Adam 1e-3 with a cosine schedule, batch 128, 10 epochs) reach the same
-accuracies in 1/100 of the steps on the MLPs, which is what a 2-core CPU allows."""
-
+"""The paper's optimisation for its feed-forward experiments (section 3.1). The defaults reach the same
+accuracies on the MLPs in 1/100 of the steps, which is what a 2-core CPU allows
+(docs/mnist.md#the-defaults-and-why)."""
 CONV_TRAINING = {"synth_lr": 1e-4, "warmup_steps": 50, "batch_size": 64}
-"""Defaults of the CNNs (``cnn``, ``cnn3``, ``cnn4``), for every method (cDNI's synthesizers aside: see
-``CONV_CDNI_SYNTH_LR``). A conv synthesizer's output layer
-sums 5x5 x channels inputs, so Adam's first steps at 1e-3 make its outputs about 100 times the size of
-its targets (synthesizer loss ~1000 after 20 steps), and the blocks below follow that noise. Measured on
-``--model cnn --method cdni`` after 1 epoch (seed 0; backprop 98.68%): synthesizer lr 1e-3 95.74%,
-1e-4 97.68%, 1e-3 with 50 warm-up steps 97.75%, 1e-4 with 50 warm-up steps 98.24%. On the paper's CNNs
-(``bench table1``, 1 epoch) cDNI's test error went from 7.67% (cnn3) and 14.39% (cnn4) without them to
-1.55% and 2.03%.
-
-Batch 64: the CNN cells get one epoch, and a synthesizer learns per step, so twice the steps for the
-same examples and compute let cDNI's synthesizers catch up. On an H100 (1 epoch, seeds 0 and 1,
-``benchmarks/results/table1_mnist_cnn_batch_h100.md``) cDNI's gap to backprop at the same batch size
-fell from 0.56 to 0.21 and 0.18 points on cnn3 and from 1.24 to 0.47 and 0.59 on cnn4; backprop itself
-moved by at most 0.09 points. On the CPU (``bench table1``, medians of 3 seeds, with ``CONV_CDNI_SYNTH_LR``)
-cDNI then trailed backprop by 0.25 (cnn3) and 0.42 points (cnn4)."""
+"""Defaults of the CNNs for every method. A conv synthesizer's output layer sums 5x5 x channels inputs, so
+Adam's first steps at full rate make its outputs far larger than its targets and the blocks below follow that
+noise: a slower rate and a warm-up. Batch 64: one epoch gives the synthesizers twice the steps
+(docs/mnist.md#the-cnns-warm-up-batch-64-and-cdnis-synthesizer-rate)."""
 CONV_CDNI_SYNTH_LR = 3e-4
-"""cDNI's synthesizer learning rate on the CNNs (DNI keeps ``CONV_TRAINING``'s 1e-4). With the label planes
-its targets are easier to fit, and a faster synthesizer serves the blocks below better within one epoch:
-on an H100 at batch 64 (``benchmarks/results/table1_mnist_cnn_batch_h100.md``) cnn4's cDNI error over seeds
-0, 1, 2 was 1.17, 1.24, 1.35 at 3e-4 against 1.26, 1.38, 1.58 at 1e-4 (backprop 0.79, 0.79, 0.82); cnn3's
-was unchanged (1.16, 1.12 against 1.12, 1.19). DNI got worse at 3e-4 (cnn3 2.02% against 1.55%)."""
+"""cDNI's synthesizer rate on the CNNs: with the label planes its targets are easier to fit, and a faster
+synthesizer serves the blocks below better within one epoch (same docs section as ``CONV_TRAINING``)."""
 
 
 def training_defaults(model: str, method: str) -> dict[str, Any]:
-    """Options (``ClassifierConfig`` or ``TrainConfig`` fields, see ``classifier_config``) whose defaults depend on the model and method: slower decoupled blocks for
-    DNI (``DNI_DECOUPLED_LR``) but on the small ``cnn``, gentler synthesizer training for the CNNs
-    (``CONV_TRAINING``, ``CONV_CDNI_SYNTH_LR``).
-
-    On the small ``cnn`` (two conv blocks of 32 and 64 filters) DNI's blocks below the top cut
-    learn best at the full rate: ``--model cnn --method dni`` after 1 epoch with the CNN defaults (seed 0)
-    reached 98.41% test accuracy at 1e-3 and 97.88% at 3e-5."""
+    """Options (``ClassifierConfig`` or ``TrainConfig`` fields, see ``classifier_config``) whose defaults
+    depend on the model and method: slower decoupled blocks for DNI (``DNI_DECOUPLED_LR``) except on the
+    small ``cnn``, where they learn best at the full rate; gentler synthesizer training for the CNNs
+    (``CONV_TRAINING``, ``CONV_CDNI_SYNTH_LR``)."""
     slow_blocks = {"decoupled_lr": DNI_DECOUPLED_LR} if method == "dni" and model != "cnn" else {}
     if model in MLP_MODELS:
         return slow_blocks
     if method == "cdni":
         return {**CONV_TRAINING, "synth_lr": CONV_CDNI_SYNTH_LR}
     return {**CONV_TRAINING, **slow_blocks}
-
 
 
 @dataclass
