@@ -52,7 +52,7 @@ def synthesizer_loss_grad(synthetic_grad: Tensor, target_grad: Tensor) -> Tensor
     Used inside every cut's backward, where building a graph for the loss and differentiating it
     would cost more than the synthesizer itself; a test holds it equal to autograd of the loss.
     """
-    return (synthetic_grad - target_grad) * (2.0 / synthetic_grad.shape[0])
+    return torch.sub(synthetic_grad, target_grad).mul_(2.0 / synthetic_grad.shape[0])
 
 
 def gradient_cosine(synthetic_grad: Tensor, target_grad: Tensor) -> Tensor:
@@ -88,9 +88,8 @@ class _SyntheticGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        (synthetic_grad,) = ctx.saved_tensors
-        target_grad = regression_target(grad_output.detach())  # per-example scale, (B, *features)
-        synthetic_grad = synthetic_grad.detach()
+        (synthetic_grad,) = ctx.saved_tensors  # backward runs without grad mode: nothing here is recorded
+        target_grad = regression_target(grad_output)  # per-example scale, (B, *features)
         for observer in ctx.observers:
             observer(synthetic_grad, target_grad)
 
