@@ -21,8 +21,13 @@ import torch
 
 from synthgrad.cli import main
 from synthgrad.cli.arguments import resolve_device
-from synthgrad.experiments.classifier_config import (CONV_TRAINING, DRY_RUN_STEPS, ClassifierConfig, build_model,
-                                                     classifier_config_from_dict)
+from synthgrad.experiments.classifier_config import (
+    CONV_TRAINING,
+    DRY_RUN_STEPS,
+    ClassifierConfig,
+    build_model,
+    classifier_config_from_dict,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 from torch import nn
+from training import train_classifier as train
 
 from synthgrad import DecoupledSequential, LinearSynthesizer, Split, TrainConfig, TrainingDiverged
 from synthgrad.cli import DIVERGED_STATUS, main
 from synthgrad.engine.guard import MAX_CONSECUTIVE_SKIPS, SKIP_SYNTH_LR_FACTOR, part_of
-from training import train_classifier as train
 
 
 class PoisonAfter(nn.Module):

@@ -138,7 +138,8 @@ class TwoRanks:
 
 
 @pytest.mark.parametrize("poison_at, other, message", [
-    (12, {"sg/loss/1": 0.5}, "between steps 10 and 15: weight is nan, train/mse is nan; the last good checkpoint is step 10"),
+    (12, {"sg/loss/1": 0.5},
+     "between steps 10 and 15: weight is nan, train/mse is nan; the last good checkpoint is step 10"),
     (-1, {"sg/loss/1": math.nan}, "between steps 0 and 5: sg/loss/1 is nan; no checkpoint was written before it"),
 ])
 def test_several_processes_stop_together_on_a_non_finite_metric_of_any_rank(tmp_path, poison_at, other, message):

@@ -14,15 +14,23 @@ import pytest
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from training import train_classifier as train
 
-from synthgrad import (DecoupledSequential, InvalidConfig, LinearSynthesizer, Split, TrainConfig, TrainingInterrupted,
-                       block_parameters, synthesizer_parameters)
+from synthgrad import (
+    DecoupledSequential,
+    InvalidConfig,
+    LinearSynthesizer,
+    Split,
+    TrainConfig,
+    TrainingInterrupted,
+    block_parameters,
+    synthesizer_parameters,
+)
 from synthgrad.engine.classification import evaluate_classifier
 from synthgrad.engine.optim import build_optimizer
 from synthgrad.engine.task import parameter_groups
 from synthgrad.experiments.classifier import load_splits
 from synthgrad.experiments.image_models import build_mlp
-from training import train_classifier as train
 
 DIM, HIDDEN, NUM_CLASSES = 20, 32, 2
 

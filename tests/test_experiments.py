@@ -4,12 +4,19 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from training import train_classifier
 
-from synthgrad import ConvSynthesizer, LinearSynthesizer, MLPSynthesizer, block_parameters, synthesizer_loss
-from synthgrad import InvalidConfig, Split
+from synthgrad import (
+    ConvSynthesizer,
+    InvalidConfig,
+    LinearSynthesizer,
+    MLPSynthesizer,
+    Split,
+    block_parameters,
+    synthesizer_loss,
+)
 from synthgrad.experiments.classifier_config import ClassifierConfig, build_model
 from synthgrad.experiments.image_models import CNN_PRESETS, FCN_PRESETS, METHODS
-from training import train_classifier
 
 SHAPES = {"mnist": (1, 28, 28), "cifar-10": (3, 32, 32)}
 

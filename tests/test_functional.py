@@ -5,8 +5,7 @@ import torch
 from torch.testing import assert_close
 
 from synthgrad import synthesizer_loss, synthetic_gradient, synthetic_input
-from synthgrad.functional import gradient_cosine
-from synthgrad.functional import synthesizer_loss_grad
+from synthgrad.functional import gradient_cosine, synthesizer_loss_grad
 
 
 def test_synthesizer_loss_is_squared_error_summed_over_features_and_averaged_over_batch():

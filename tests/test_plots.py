@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthgrad.errors import SynthgradError
 from synthgrad.engine.records import read_metrics
+from synthgrad.errors import SynthgradError
 from synthgrad.plots import LOSS_SMOOTHING, plot_run, smooth
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,10 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from synthgrad.errors import InvalidConfig
-from synthgrad.experiments.gist import build_gist_model, gist_config
 from synthgrad.engine import TrainConfig
+from synthgrad.errors import InvalidConfig
 from synthgrad.experiments.classifier_config import ClassifierConfig, build_model
+from synthgrad.experiments.gist import build_gist_model, gist_config
 from synthgrad.experiments.validation import IMAGE_SHAPES, validate_classifier_config
 
 FLAGS = {"model": "--model", "dataset": "--dataset", "method": "--method", "synth_lr": "--synth-lr",

@@ -76,8 +76,9 @@ def load_states(checkpoint: dict[str, Any], path: Path, **stateful: Any) -> None
         try:
             obj.load_state_dict(checkpoint[name])
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
-            detail = (f"it has no {name!r} entry" if isinstance(error, KeyError) else
-                      next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error)).rstrip("."))
+            lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+            detail = (f"it has no {name!r} entry" if isinstance(error, KeyError)
+                      else (lines or [str(error)])[0].rstrip("."))
             raise CheckpointMismatch(f"{path} does not fit this run's {name} ({detail}); it was written by "
                                      "another model or configuration: resume from the run that wrote it, or start "
                                      "the run again") from None

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from synthgrad.errors import SynthgradError  # noqa: E402
 from synthgrad.engine.records import METRICS_FILE, SAMPLES_FILE, read_metrics  # noqa: E402
+from synthgrad.errors import SynthgradError  # noqa: E402
 
 MAX_UNITS_SHOWN = 50
 MAX_EXAMPLES_SHOWN = 32

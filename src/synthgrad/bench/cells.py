@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 from synthgrad.checkpoints import load_latest_checkpoint
 from synthgrad.decoupled import DecoupledSequential
+from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, clear_run_files, read_json
 from synthgrad.experiments.classifier import run_experiment
 from synthgrad.experiments.classifier_config import ClassifierConfig, build_model, classifier_config_from_dict
-from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, clear_run_files, read_json
 
 Cell = tuple[Hashable, ...]
 """A cell's coordinates in the grid, its seed last, e.g. ``("mnist", "fcn3", "cdni", 0)``."""

@@ -19,7 +19,12 @@ import torch
 
 from synthgrad.bench.cells import run_cells
 from synthgrad.bench.report import check_choices, markdown_table, seed_medians, seeds_phrase, write_report
-from synthgrad.experiments.classifier_config import DRY_RUN_STEPS, ClassifierConfig, classifier_config, training_defaults
+from synthgrad.experiments.classifier_config import (
+    DRY_RUN_STEPS,
+    ClassifierConfig,
+    classifier_config,
+    training_defaults,
+)
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "backprop": ("backprop", {}),

@@ -6,8 +6,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from synthgrad.errors import SynthgradError
 from synthgrad.engine.records import write_json
+from synthgrad.errors import SynthgradError
 
 RESULTS_FILE = "results.json"
 

@@ -16,7 +16,6 @@ from synthgrad.engine.guard import SKIP_SYNTH_LR_FACTOR
 from synthgrad.engine.records import SUMMARY_FILE, clear_run_files
 from synthgrad.errors import SynthgradError
 
-
 DATA_ENV = "SYNTHGRAD_DATA"
 """Environment variable naming a directory with one folder per dataset, e.g. ``$SYNTHGRAD_DATA/mnist``."""
 

@@ -22,7 +22,6 @@ from synthgrad.cli.arguments import (
 )
 from synthgrad.cli.pipeline import add_pipeline_arguments, processes_here, train_pipeline
 from synthgrad.engine.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
-from synthgrad.plots import plot_run, smooth
 from synthgrad.experiments.classifier import run_experiment
 from synthgrad.experiments.classifier_config import (
     CONV_CDNI_SYNTH_LR,
@@ -39,6 +38,7 @@ from synthgrad.experiments.classifier_config import (
 from synthgrad.experiments.gist import GIST_MODEL, build_gist_model, gist_config
 from synthgrad.experiments.image_models import METHODS, MODELS
 from synthgrad.experiments.validation import validate_classifier_config
+from synthgrad.plots import plot_run, smooth
 
 
 def add_classifier_parsers(commands: Any) -> None:
@@ -51,8 +51,9 @@ def add_classifier_parsers(commands: Any) -> None:
                       help="update the synthesizer every N steps (the gist used 10)")
     gist.add_argument("--synth-lr", type=positive(float), default=gist_defaults.train.synth_lr,
                       help=f"synthesizer learning rate (the gist used 1e-4; default {gist_defaults.train.synth_lr})")
-    gist.add_argument("--checkpoint-every", type=non_negative_int, default=gist_defaults.train.checkpoint_every,
-                      help=f"write a checkpoint every N steps; 0 for none (default {gist_defaults.train.checkpoint_every})")
+    every = gist_defaults.train.checkpoint_every
+    gist.add_argument("--checkpoint-every", type=non_negative_int, default=every,
+                      help=f"write a checkpoint every N steps; 0 for none (default {every})")
     add_common_arguments(gist)
     add_survival_arguments(gist, gist_defaults.train)
 

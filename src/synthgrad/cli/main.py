@@ -24,7 +24,6 @@ from synthgrad.pipeline.launch import FAILED_STATUS
 from synthgrad.plots import plot_run
 from synthgrad.recurrent_plots import plot_rnn_run
 
-
 DIVERGED_STATUS = 3
 """Exit status of a run stopped because it diverged (2 is for bad input)."""
 

@@ -98,7 +98,8 @@ class ClassificationTask(Task):
         if self._order[0] != epoch:
             self._order = (epoch, epoch_order(self.seed, epoch, len(self.train.labels)).to(self.device))
         index = self._order[1][batch * self.batch_size:(batch + 1) * self.batch_size]
-        return self.train.inputs[index], self.train.labels[index], None if self.contexts is None else self.contexts[index]
+        context = None if self.contexts is None else self.contexts[index]
+        return self.train.inputs[index], self.train.labels[index], context
 
     def train_step(self, step: int) -> StepResult:
         inputs, labels, context = self.batch(step)
@@ -152,7 +153,8 @@ class ClassificationTask(Task):
         with torch.no_grad():
             predictions = self.model(inputs[:count]).argmax(dim=1)
         self.model.train()
-        pairs = gradient_snapshot(self.model, inputs, labels, context=context) if named_backward_interfaces(self.model) else {}
+        has_cuts = bool(named_backward_interfaces(self.model))
+        pairs = gradient_snapshot(self.model, inputs, labels, context=context) if has_cuts else {}
         return {"images": inputs[:count].cpu(), "labels": labels[:count].cpu(), "predictions": predictions.cpu(),
                 "cuts": list(pairs), "synthetic_grads": [synthetic for synthetic, _ in pairs.values()],
                 "true_grads": [true for _, true in pairs.values()]}

@@ -261,8 +261,8 @@ class _Run:
                     optimizer=self.optimizer, scheduler=self.scheduler, task=self.task)
         torch.set_rng_state(checkpoint["rng"])
         engine = checkpoint["engine"]
-        self.step, self.train_seconds, self.cpu_seconds = checkpoint["step"], engine["train_seconds"], engine["cpu_seconds"]
-        self.interval_start = engine["interval_start"]
+        self.step, self.interval_start = checkpoint["step"], engine["interval_start"]
+        self.train_seconds, self.cpu_seconds = engine["train_seconds"], engine["cpu_seconds"]
         self.last_record = dict(engine["last_record"])
         self.means.load_state_dict(engine["means"], self.device)
         self.cut_statistics.load_state_dict(engine["cut_statistics"])

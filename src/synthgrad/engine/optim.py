@@ -20,9 +20,9 @@ def build_optimizer(groups: ParameterGroups, config: TrainConfig) -> torch.optim
     blocks, decoupled = groups.blocks, groups.decoupled
     if config.decoupled_lr is None:
         blocks, decoupled = blocks + decoupled, []
-    param_groups = [{"params": params, "lr": lr, "name": name}
-                    for name, params, lr in (("blocks", blocks, config.lr), ("decoupled", decoupled, config.decoupled_lr),
-                                             (SYNTHESIZER_GROUP, groups.synthesizers, config.synth_lr)) if params]
+    rates = (("blocks", blocks, config.lr), ("decoupled", decoupled, config.decoupled_lr),
+             (SYNTHESIZER_GROUP, groups.synthesizers, config.synth_lr))
+    param_groups = [{"params": params, "lr": lr, "name": name} for name, params, lr in rates if params]
     if config.optimizer == "sgd":
         return torch.optim.SGD(param_groups, momentum=config.momentum)
     # fused: one kernel for all parameters instead of a dozen small ops per tensor; synthesizers add many

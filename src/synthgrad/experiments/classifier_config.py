@@ -9,8 +9,15 @@ from synthgrad.data import DATASET_NAMES, IMAGE_SHAPES
 from synthgrad.decoupled import DecoupledSequential
 from synthgrad.engine import TrainConfig
 from synthgrad.errors import InvalidConfig
-from synthgrad.experiments.image_models import (CNN_PRESETS, FCN_PRESETS, MLP_MODELS, MODELS, PAPER_CNN_FILTERS,
-                                                build_cnn, build_mlp)
+from synthgrad.experiments.image_models import (
+    CNN_PRESETS,
+    FCN_PRESETS,
+    MLP_MODELS,
+    MODELS,
+    PAPER_CNN_FILTERS,
+    build_cnn,
+    build_mlp,
+)
 
 DATASETS = DATASET_NAMES
 DRY_RUN_STEPS = 3

@@ -3,8 +3,9 @@ synthesizer predicting dL/dh of the hidden activation instead of the gradients o
 
 Network and schedule follow the gist: 784-100-10 with ReLU on the hidden layer, batch 10, 1000
 iterations of SGD at lr 2e-2, one linear synthesizer on the hidden activation; test accuracy every
-500 iterations and the smoothed loss every 100; a checkpoint every 100, so that a run can be resumed. ``synth_every`` and ``synth_lr`` expose the gist's
-knobs (it updated the synthesizer every 10th step at lr 1e-4), so their effect can be seen.
+500 iterations and the smoothed loss every 100; a checkpoint every 100, so that a run can be resumed.
+``synth_every`` and ``synth_lr`` expose the gist's knobs (it updated the synthesizer every 10th step at
+lr 1e-4), so that their effect can be seen.
 """
 from __future__ import annotations
 

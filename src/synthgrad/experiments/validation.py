@@ -31,8 +31,8 @@ def validate_classifier_config(
     explicit: Collection[str] = (),
 ) -> None:
     """Raise ``InvalidConfig`` if ``config`` cannot work. Checks, in order: the ``TrainConfig``
-    (``engine.config.validate_train_config``), the batch options, ``synth_layers``, options set on purpose that the method
-    has no use for, and that the model ``model_builder`` builds takes the dataset's images.
+    (``engine.config.validate_train_config``), the batch options, ``synth_layers``, options set on purpose
+    that the method has no use for, and that the model ``model_builder`` builds takes the dataset's images.
 
     Args:
         config: the run's configuration; a field of the wrong type (e.g. from an edited
