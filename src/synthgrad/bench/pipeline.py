@@ -34,7 +34,6 @@ from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, wr
 from synthgrad.pipeline.config import PipelineConfig, PipelineRun
 from synthgrad.pipeline.launch import launch_local
 from synthgrad.pipeline.stage import stage_cut_model, stage_groups
-from synthgrad.cli.arguments import torch_threads
 from synthgrad.engine.config import TrainConfig
 
 SCHEDULES = ("backprop", "unlocked", "gpipe", "1f1b")
@@ -111,8 +110,8 @@ def _run_single_process_cdni(config: PipelineBenchConfig, run_dir: Path) -> dict
         model = build_model(resolved)
         return stage_cut_model(model, stage_groups(model, config.num_stages))
 
-    with torch_threads(1):
-        summary = run_experiment(classifier, run_dir, model_builder=builder, on_note=lambda note: None)
+    classifier.train.threads = 1
+    summary = run_experiment(classifier, run_dir, model_builder=builder, on_note=lambda note: None)
     summary["samples_per_s"] = summary["steps"] * config.batch_size / summary["train_seconds"]
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from synthgrad.bench.table1 import CNN_EPOCHS, FCN_EPOCHS, TABLE1_METHODS, TABLE1_MODELS, Table1Config, run_table1
 from synthgrad.cli.arguments import (DATA_ENV, dropout_rate, non_negative_int, positive, resolve_data_dir,
-                                     resolve_device, torch_threads)
+                                     resolve_device)
 from synthgrad.cli.rnn import TINY_SHAKESPEARE, default_text
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.classifier_config import CONV_TRAINING, ClassifierConfig
@@ -225,8 +225,7 @@ def _bench_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
                             hidden_dim=args.hidden_dim, batch_size=args.batch_size, lr=args.lr,
                             lm_runs=tuple(args.lm_runs), lm_dropout=args.lm_dropout,
                             dry_run=args.dry_run, progress=not args.no_progress)
-    with torch_threads(1):
-        results = run_rnn(config, args.out, command=_bench_rnn_command(args))
+    results = run_rnn(config, args.out, command=_bench_rnn_command(args))
     print(results["table"])
     print(f"written: {', '.join(results['files'])}")
 

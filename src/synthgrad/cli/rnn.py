@@ -13,7 +13,6 @@ from synthgrad.errors import SynthgradError
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
 from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, read_json
 from synthgrad.recurrent_plots import plot_rnn_run
-from synthgrad.cli.arguments import torch_threads
 
 
 TINY_SHAKESPEARE = "tinyshakespeare/input.txt"
@@ -125,8 +124,7 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
             raise SynthgradError(f"--window {args.window} must be a multiple of --truncation {args.truncation}")
     run_dir = args.out if args.resume else prepare_run_dir(args.out, f"rnn-{task}-{args.method}-T{args.truncation}",
                                                            args.force)
-    with torch_threads(1):  # small LSTMs, one step at a time: a second thread costs more than it gives
-        summary = run_rnn_experiment(config, run_dir, resume=args.resume)
+    summary = run_rnn_experiment(config, run_dir, resume=args.resume)
     figures = plot_rnn_run(run_dir)
     if task == "charlm":
         print(f"validation {summary['val_bpc']:.3f} bits per character after {summary['chars_seen']} characters "
