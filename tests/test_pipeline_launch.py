@@ -39,8 +39,9 @@ def test_a_port_in_use_is_refused(tmp_path, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(SynthgradError, match=f"--port {port}: cannot listen"):
+        with pytest.raises(SynthgradError, match=f"^port {port}: cannot listen") as refused:
             check_port("127.0.0.1", port)
+        assert refused.value.fields == ("port",)
         assert main([*DRY, "--stages", "2", "--port", str(port), "--out", str(tmp_path / "run")], environ={}) == 2
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     check_port("127.0.0.1", free_port())
