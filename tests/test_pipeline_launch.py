@@ -23,7 +23,8 @@ DRY = ["train", "--dry-run", "--no-progress"]
     (["--stages", "1"], "--stages 1: a pipeline needs at least 2 stages"),
     (["--stages", "2", "--method", "backprop", "--schedule", "unlocked"], "--schedule unlocked needs synthesizers"),
     (["--stages", "2", "--schedule", "gpipe"], "--schedule gpipe is exact backprop"),
-    (["--stages", "2", "--method", "backprop", "--micro-batches", "3"], "--micro-batches 3 must divide --batch-size 128"),
+    (["--stages", "2", "--method", "backprop", "--micro-batches", "3"],
+     "--micro-batches 3 must divide --batch-size 128"),
     (["--stages", "2", "--micro-batches", "2"], "--micro-batches is for lockstep, gpipe and 1f1b"),
     (["--stages", "2", "--on-divergence", "skip"], "--on-divergence skip is for one process"),
 ])

@@ -36,7 +36,8 @@ from synthgrad.pipeline.runtime import checkpoint_steps, newest_common_step, sta
 from synthgrad.pipeline.split import split_model, stage_groups
 
 
-def make_run(data_dir: Path, *, method="cdni", steps=400, timeout_s=20.0, seed=0, synth_every=1, **train) -> PipelineRun:
+def make_run(data_dir: Path, *, method="cdni", steps=400, timeout_s=20.0, seed=0, synth_every=1,
+             **train) -> PipelineRun:
     options = {"steps": steps, "log_every": 8, "checkpoint_every": 40, "progress": False, **train}
     classifier = ClassifierConfig(data_dir=str(data_dir), download=False, method=method, layers=3, width=32,
                                   batch_size=32, seed=seed, synth_every=synth_every, dry_run=True,

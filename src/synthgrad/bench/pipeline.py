@@ -13,8 +13,8 @@ throughput, test accuracy after equal wall time, and the wall time to reach 97% 
   accuracy reference for ``unlocked`` after equal epochs.
 
 Wall time counts training only: the engine's clock on rank 0 (``train/seconds`` in every record), not
-process start-up, evaluation or checkpoints. Finished cells (a ``summary.json`` beside the same ``config.json``) are skipped when the
-benchmark is run again; a cell whose options changed runs again.
+process start-up, evaluation or checkpoints. Finished cells (a ``summary.json`` beside the same
+``config.json``) are skipped when the benchmark is run again; a cell whose options changed runs again.
 """
 from __future__ import annotations
 

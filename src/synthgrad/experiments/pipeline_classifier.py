@@ -19,7 +19,12 @@ from torch import Tensor, nn
 from synthgrad.engine.classification import Split, epoch_order
 from synthgrad.errors import InvalidConfig
 from synthgrad.experiments.classifier import load_splits
-from synthgrad.experiments.classifier_config import NUM_CLASSES, ClassifierConfig, build_model, classifier_config_from_dict
+from synthgrad.experiments.classifier_config import (
+    NUM_CLASSES,
+    ClassifierConfig,
+    build_model,
+    classifier_config_from_dict,
+)
 from synthgrad.experiments.validation import validate_classifier_config
 from synthgrad.pipeline import SCHEDULES, PipelineConfig, RankSetup, Rendezvous, StageData, launch_local, run_rank
 from synthgrad.pipeline.config import check_pipeline_config, resolve_schedule
@@ -137,7 +142,8 @@ def _rank_setup(run: PipelineRun, groups: list[range], rank: int, device: torch.
         inputs=None if images is None else (lambda step: images[batches.indices(step)]),
         targets=lambda step: labels[batches.indices(step)],
         context=None if contexts is None else (lambda step: contexts[batches.indices(step)]),
-        eval_inputs=lambda: test_split.inputs.split(EVAL_BATCH), eval_targets=lambda: test_split.labels.split(EVAL_BATCH))
+        eval_inputs=lambda: test_split.inputs.split(EVAL_BATCH),
+        eval_targets=lambda: test_split.labels.split(EVAL_BATCH))
     return RankSetup(model, groups, data, example_input=train_split.inputs[:2], loss_fn=nn.functional.cross_entropy,
                      metrics_fn=_accuracy, synth_every=classifier.synth_every,
                      run_info={"method": classifier.method, "model": classifier.model, "dataset": classifier.dataset})

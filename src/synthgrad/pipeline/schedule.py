@@ -5,9 +5,9 @@ with one sequence of ``Action`` per rank, executed in order; every receive an ac
 by ``dependencies``, so ``simulate`` can check a plan for deadlocks and print it as a timeline without
 starting a single process.
 
-A rank's task (``synthgrad.pipeline.tasks``) executes, as its ``train_step(t)``, the actions its plan
-gives for step ``t`` (``unlocked_step``, ``lockstep_step``); ``U``, the optimizer step, is the training
-engine's, after the task's step. Two plans:
+A rank's task (``synthgrad.pipeline.unlocked``, ``synthgrad.pipeline.lockstep``) executes, as its
+``train_step(t)``, the actions its plan gives for step ``t`` (``unlocked_step``, ``lockstep_step``); ``U``,
+the optimizer step, is the training engine's, after the task's step. Two plans:
 
 - ``unlocked_plan``: update unlock across processes (paper section 2, "update unlock"). At step ``t`` a
   rank runs ``F(t)`` (receive the input, run the blocks, send the output up as soon as it exists,
@@ -50,7 +50,8 @@ Plan = tuple[tuple[Action, ...], ...]
 """One ordered sequence of actions per rank."""
 
 
-def unlocked_step(rank: int, num_stages: int, step: int, max_staleness: int, synth_every: int = 1) -> tuple[Action, ...]:
+def unlocked_step(rank: int, num_stages: int, step: int, max_staleness: int,
+                  synth_every: int = 1) -> tuple[Action, ...]:
     """What ``rank`` does at ``step`` of the update-unlocked schedule: ``F(step)``, ``S(step - max_staleness)``
     when that step exists and trains the synthesizers (``trains_synthesizer``; never on the last rank), ``U``."""
     earlier = step - max_staleness
