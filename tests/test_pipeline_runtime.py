@@ -215,6 +215,18 @@ def test_stats_every_and_synth_every_are_honoured(tmp_path):
     assert bottom["state"][groups["decoupled"]]["step"] == top["state"][0]["step"] == 48
 
 
+@pytest.mark.parametrize("max_staleness", [0, 2])
+def test_a_synthesizer_trains_on_the_target_of_every_step_but_the_last_max_staleness(tmp_path, max_staleness):
+    run = make_run(tmp_path / "no-data", steps=16, checkpoint_every=0)
+    run.pipeline.max_staleness = max_staleness
+    launch_pipeline_run(run, tmp_path / "run")
+    cut = "0"  # stage_groups puts the boundary after the first block of this model
+    assert {record[f"sg/staleness_max/{cut}"] for record in read_metrics(tmp_path / "run")} == {max_staleness}
+    bottom, _ = final_states(tmp_path / "run", "optimizer")
+    synthesizer = next(group["params"][0] for group in bottom["param_groups"] if group["name"] == "synthesizers")
+    assert bottom["state"][synthesizer]["step"] == 16 - max_staleness
+
+
 def test_the_summary_gives_each_ranks_processor_time_per_training_sample(tmp_path):
     summary = launch_pipeline_run(make_run(tmp_path / "no-data", steps=16, checkpoint_every=0), tmp_path / "run")
     assert len(summary["cpu_us_per_sample"]) == len(summary["network_cpu_us_per_sample"]) == 2
