@@ -23,7 +23,8 @@ DRY = ["train", "--dry-run", "--no-progress"]
     (["--stages", "1"], "--stages 1: a pipeline needs at least 2 stages"),
     (["--stages", "2", "--method", "backprop", "--schedule", "unlocked"], "--schedule unlocked needs synthesizers"),
     (["--stages", "2", "--schedule", "gpipe"], "--schedule gpipe is exact backprop"),
-    (["--stages", "2", "--method", "backprop", "--micro-batches", "3"], "--micro-batches 3 must divide --batch-size 128"),
+    (["--stages", "2", "--method", "backprop", "--micro-batches", "3"],
+     "--micro-batches 3 must divide --batch-size 128"),
     (["--stages", "2", "--micro-batches", "2"], "--micro-batches is for lockstep, gpipe and 1f1b"),
     (["--stages", "2", "--on-divergence", "skip"], "--on-divergence skip is for one process"),
 ])
@@ -39,8 +40,9 @@ def test_a_port_in_use_is_refused(tmp_path, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(SynthgradError, match=f"--port {port}: cannot listen"):
+        with pytest.raises(SynthgradError, match=f"^port {port}: cannot listen") as refused:
             check_port("127.0.0.1", port)
+        assert refused.value.fields == ("port",)
         assert main([*DRY, "--stages", "2", "--port", str(port), "--out", str(tmp_path / "run")], environ={}) == 2
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     check_port("127.0.0.1", free_port())

@@ -9,12 +9,12 @@ throughput, test accuracy after equal wall time, and the wall time to reach 97% 
 - ``unlocked``: K processes of one thread each (one simulated device per rank), cDNI, update unlocked;
 - ``gpipe`` and ``1f1b``: the same K processes with ``torch.distributed.pipelining``'s schedules, each
   mini-batch split into ``micro_batches``;
-- ``cdni``: one process training the same network with the same cut (``trainer.train``), the
+- ``cdni``: one process training the same network with the same cut (``run_experiment``), the
   accuracy reference for ``unlocked`` after equal epochs.
 
-Wall time counts training only: segment clocks on rank 0, not process start-up, evaluation or
-checkpoints. Finished cells (a ``summary.json`` beside the same ``config.json``) are skipped when the
-benchmark is run again; a cell whose options changed runs again.
+Wall time counts training only: the engine's clock on rank 0 (``train/seconds`` in every record), not
+process start-up, evaluation or checkpoints. Finished cells (a ``summary.json`` beside the same
+``config.json``) are skipped when the benchmark is run again; a cell whose options changed runs again.
 """
 from __future__ import annotations
 
@@ -28,13 +28,12 @@ from typing import Any, Optional
 from tqdm.auto import tqdm
 
 from synthgrad.bench.report import markdown_table
+from synthgrad.engine import TrainConfig
+from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, write_json
 from synthgrad.experiments.classifier import run_experiment
 from synthgrad.experiments.classifier_config import DRY_RUN_STEPS, ClassifierConfig, build_model
-from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, read_metrics, write_json
-from synthgrad.pipeline.config import PipelineConfig, PipelineRun
-from synthgrad.pipeline.launch import launch_local
-from synthgrad.pipeline.stage import stage_cut_model, stage_groups
-from synthgrad.engine.config import TrainConfig
+from synthgrad.experiments.pipeline_classifier import PipelineRun, launch_pipeline_run
+from synthgrad.pipeline import PipelineConfig, stage_cut_model, stage_groups
 
 SCHEDULES = ("backprop", "unlocked", "gpipe", "1f1b")
 """The schedules compared on throughput and wall time, in table order; ``cdni`` follows them."""
@@ -83,12 +82,12 @@ def _classifier(config: PipelineBenchConfig, method: str) -> ClassifierConfig:
     steps_per_epoch = 60000 // config.batch_size
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
     train = TrainConfig(epochs=config.epochs, steps=DRY_RUN_STEPS if config.dry_run else None,
-                        batch_size=config.batch_size, use_context=method == "cdni", seed=config.seed,
                         decoupled_lr=config.decoupled_lr if method == "cdni" else None,
                         eval_every=1 if config.dry_run else eval_every, log_every=1 if config.dry_run else eval_every,
                         checkpoint_every=0, progress=False)
     return ClassifierConfig(data_dir=config.data_dir, download=not config.dry_run, method=method, layers=config.layers,
-                            width=config.width, dry_run=config.dry_run, train=train)
+                            width=config.width, batch_size=config.batch_size, seed=config.seed, dry_run=config.dry_run,
+                            train=train)
 
 
 def _pipeline_run(config: PipelineBenchConfig, name: str) -> PipelineRun:
@@ -110,7 +109,7 @@ def _run_single_process_cdni(config: PipelineBenchConfig, run_dir: Path) -> dict
         model = build_model(resolved)
         return stage_cut_model(model, stage_groups(model, config.num_stages))
 
-    classifier.train.threads = 1
+    classifier.train.threads = 1  # as each rank of the pipelines: one simulated device per process
     summary = run_experiment(classifier, run_dir, model_builder=builder, on_note=lambda note: None)
     summary["samples_per_s"] = summary["steps"] * config.batch_size / summary["train_seconds"]
     write_json(run_dir / SUMMARY_FILE, summary)
@@ -163,7 +162,7 @@ def run_pipeline(config: PipelineBenchConfig, out_dir: Path, *, command: str = "
         else:
             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or outdated cell starts afresh
             summary = (_run_single_process_cdni(config, run_dir) if name == "cdni"
-                       else launch_local(_pipeline_run(config, name), run_dir))
+                       else launch_pipeline_run(_pipeline_run(config, name), run_dir))
         summaries[name].append({**summary, "run_dir": run_dir})
 
     # of the repeats, the fastest run counts: on a shared machine the others measure the other jobs too

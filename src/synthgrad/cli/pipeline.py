@@ -13,17 +13,15 @@ from synthgrad.engine.interrupts import ctrl_c_requests_stop
 from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE
 from synthgrad.errors import SynthgradError
 from synthgrad.experiments.classifier_config import ClassifierConfig
-from synthgrad.pipeline.config import (
-    SCHEDULES,
-    PipelineConfig,
+from synthgrad.experiments.pipeline_classifier import (
     PipelineRun,
-    Rendezvous,
     check_pipeline_run,
     is_pipeline_config,
+    launch_pipeline_run,
     pipeline_run_from_dict,
+    train_rank,
 )
-from synthgrad.pipeline.launch import launch_local
-from synthgrad.pipeline.runtime import run_rank
+from synthgrad.pipeline import SCHEDULES, PipelineConfig, Rendezvous
 from synthgrad.plots import plot_run
 
 
@@ -74,24 +72,22 @@ def torchrun_rendezvous(environ: dict[str, str]) -> Optional[Rendezvous]:
 
 
 def _launch(run: PipelineRun, out: Optional[Path], default_name: str, force: bool, environ: dict[str, str], *,
-                    port: Optional[int] = None, resume: bool = False) -> None:
+            port: Optional[int] = None, resume: bool = False) -> None:
     """Train ``run`` as a pipeline: every rank in this process under torchrun, else K local processes."""
     check_pipeline_run(run)  # a bad option stops here, before a directory or a process is made
     rendezvous = torchrun_rendezvous(environ)
     if rendezvous is None:
         run_dir = out if resume else prepare_run_dir(out, default_name, force)
         with ctrl_c_requests_stop(_PIPELINE_STOP) as stop_requested:
-            summary = launch_local(run, run_dir, port=port, resume=resume, on_record=print_epoch,
-                                   stop_requested=stop_requested)
+            summary = launch_pipeline_run(run, run_dir, port=port, resume=resume, on_record=print_epoch,
+                                          stop_requested=stop_requested)
         report(summary, run_dir, plot_run(run_dir))
         return
     if out is None:
         raise SynthgradError("under torchrun pass --out: every rank must write into the same run directory")
     run_dir = out if resume or rendezvous.rank != 0 else prepare_run_dir(out, default_name, force)
-    run.classifier.train.progress = run.classifier.train.progress and rendezvous.rank == 0
     with ctrl_c_requests_stop(_PIPELINE_STOP) as stop_requested:
-        summary = run_rank(run, rendezvous, run_dir, resume=resume, on_record=print_epoch,
-                           stop_requested=stop_requested)
+        summary = train_rank(run, run_dir, rendezvous, stop_requested, resume=resume, on_record=print_epoch)
     if summary is not None:
         report(summary, run_dir, plot_run(run_dir))
 

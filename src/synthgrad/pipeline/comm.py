@@ -4,6 +4,9 @@ Every message has a known sender, so every failure can name the rank at fault: a
 longer than the process group's timeout means the sender hangs, a closed connection means it died.
 Either raises ``PipelineFailure`` with that rank in its message; nothing waits forever. Sends are
 non-blocking (``isend``): a rank hands its output on and goes on computing while the message travels.
+
+A ``Channel`` is also the training engine's ``World`` (``synthgrad.engine.World``): rank 0 gathers every
+rank's interval metrics and broadcasts its decision through it.
 """
 from __future__ import annotations
 
@@ -34,11 +37,15 @@ class Channel:
     """Point-to-point messages of one rank, on the default process group.
 
     ``send`` is non-blocking (the tensor is kept alive until its message has left); ``recv`` blocks
-    until the message arrives or the process group's timeout (``timeout_s``) passes.
+    until the message arrives or the process group's timeout (``timeout_s``) passes. ``matches_tags``:
+    whether a receive takes only a message of its own tag (gloo); NCCL ignores tags and matches a pair's
+    messages in the order they were posted, so there a receive may be posted early only when no message of
+    another kind can come first from that sender.
     """
 
     def __init__(self, rank: int, world_size: int, timeout_s: float, device: torch.device) -> None:
         self.rank, self.world_size, self.timeout_s, self.device = rank, world_size, timeout_s, device
+        self.matches_tags = device.type != "cuda"
         self._pending: list[tuple[int, Any, Tensor]] = []
 
     def send(self, tensor: Tensor, dst: int, tag: int) -> None:
@@ -55,7 +62,8 @@ class Channel:
 
     def post_recv(self, shape: tuple[int, ...], src: int, tag: int,
                   dtype: torch.dtype = torch.float32) -> Callable[[], Tensor]:
-        """Post a receive now and return the function that waits for it and returns the tensor.
+        """Post a receive now and return the function that waits for it and returns the tensor (at once when
+        called again).
 
         Posted early, a message is copied in while the rank computes (gloo moves a message once its
         receive is posted); receives from one sender with one tag match in the order they are posted.
@@ -66,11 +74,16 @@ class Channel:
         except RuntimeError as error:
             raise PipelineFailure(describe_failure(src, self.timeout_s, error)) from None
 
+        arrived = False
+
         def wait() -> Tensor:
-            try:
-                work.wait()
-            except RuntimeError as error:
-                raise PipelineFailure(describe_failure(src, self.timeout_s, error)) from None
+            nonlocal arrived
+            if not arrived:  # a gloo receive's second wait() would wait for another message
+                try:
+                    work.wait()
+                except RuntimeError as error:
+                    raise PipelineFailure(describe_failure(src, self.timeout_s, error)) from None
+                arrived = True
             return tensor
         return wait
 
@@ -94,16 +107,19 @@ class Channel:
         return pickle.loads(self.recv((size,), src, CONTROL, torch.uint8).cpu().numpy().tobytes())
 
     def gather_objects(self, obj: Any) -> list[Any]:
-        """Rank 0 gets every rank's ``obj`` (in rank order); the others get ``[]``."""
+        """Rank 0 gets every rank's ``obj`` (in rank order); the others get ``[]`` once theirs has left."""
         if self.rank != 0:
             self.send_object(obj, 0)
+            self.flush()
             return []
         return [obj, *(self.recv_object(src) for src in range(1, self.world_size))]
 
     def broadcast_object(self, obj: Any) -> Any:
-        """Every rank gets rank 0's ``obj``."""
+        """Every rank gets rank 0's ``obj``; rank 0 returns once it has reached every rank (so a decision
+        to stop reaches the others before rank 0 acts on it, e.g. by exiting)."""
         if self.rank == 0:
             for dst in range(1, self.world_size):
                 self.send_object(obj, dst)
+            self.flush()
             return obj
         return self.recv_object(0)

@@ -1,22 +1,19 @@
-"""What a pipeline run is: the classifier experiment, how it is cut into stages, and how ranks meet.
-
-Everything is checked here, before any process starts, so that a bad ``--stages``, ``--schedule`` or
-``--micro-batches`` stops the command with one line instead of K tracebacks.
-"""
+"""How a model is spread over processes (``PipelineConfig``), how a rank joins them (``Rendezvous``), and the
+checks that run before any process starts, so that a bad option stops a run with one line instead of K
+tracebacks. Messages name the configuration fields (``num_stages``, ``schedule``, ...) through
+``InvalidConfig``'s placeholders."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
-from synthgrad.errors import SynthgradError
-from synthgrad.experiments.classifier_config import ClassifierConfig, build_model, classifier_config_from_dict
-from synthgrad.pipeline.stage import stage_groups
-from synthgrad.engine.config import validate_train_config
+from synthgrad.engine.config import TrainConfig, validate_train_config
+from synthgrad.errors import InvalidConfig
 
 SCHEDULES = ("auto", "unlocked", "lockstep", "gpipe", "1f1b")
 """``unlocked``: update-unlocked DNI; ``lockstep``: exact pipelined backprop; ``gpipe``/``1f1b``:
-``torch.distributed.pipelining``'s schedules on the same stages; ``auto``: unlocked for dni/cdni,
-lockstep for backprop."""
+``torch.distributed.pipelining``'s schedules on the same stages; ``auto``: unlocked for a model with
+synthesizers at the stage boundaries, lockstep for one without."""
 DEFAULT_TIMEOUT_S = 60.0
 """How long a rank waits for a message before it declares the sender dead or hung and exits."""
 
@@ -25,9 +22,10 @@ DEFAULT_TIMEOUT_S = 60.0
 class PipelineConfig:
     """How a run is spread over processes: ``num_stages`` ranks, one stage each.
 
-    ``max_staleness``: a synthesizer trains on the target for a step at most this many block updates
-    after its prediction (``unlocked``). ``micro_batches``: each mini-batch is split into this many for
-    ``lockstep``, ``gpipe`` and ``1f1b``. ``threads``: torch threads per rank (one simulated device each).
+    ``max_staleness``: a synthesizer trains on the target of a step this many steps (block updates) after
+    its prediction (``unlocked``). ``micro_batches``: each mini-batch is split into this many for
+    ``lockstep``, ``gpipe`` and ``1f1b``. ``timeout_s``: how long a rank waits for a message before it names
+    the sender as dead or hung. ``threads``: torch threads per rank (one simulated device each).
     """
 
     num_stages: int = 2
@@ -36,31 +34,6 @@ class PipelineConfig:
     micro_batches: int = 1
     timeout_s: float = DEFAULT_TIMEOUT_S
     threads: int = 1
-
-
-@dataclass
-class PipelineRun:
-    """A classifier experiment trained as a pipeline; ``config.json`` holds ``asdict`` of it."""
-
-    classifier: ClassifierConfig
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-
-
-def pipeline_run_from_dict(data: dict[str, Any]) -> PipelineRun:
-    """The inverse of ``asdict`` on a ``PipelineRun``, e.g. for a run's ``config.json``."""
-    return PipelineRun(classifier_config_from_dict(data["classifier"]), PipelineConfig(**data["pipeline"]))
-
-
-def is_pipeline_config(data: dict[str, Any]) -> bool:
-    """Whether a run's ``config.json`` describes a pipeline run."""
-    return "pipeline" in data and "classifier" in data
-
-
-def resolve_schedule(run: PipelineRun) -> str:
-    """The schedule ``run`` uses (``auto`` resolved by its method)."""
-    if run.pipeline.schedule != "auto":
-        return run.pipeline.schedule
-    return "lockstep" if run.classifier.method == "backprop" else "unlocked"
 
 
 @dataclass(frozen=True)
@@ -77,62 +50,58 @@ class Rendezvous:
     use_env: bool = False
 
 
-def check_pipeline_run(run: PipelineRun, *, min_stages: int = 2) -> list[range]:
-    """Raise ``SynthgradError`` naming the option at fault if ``run`` cannot be trained as a pipeline;
-    returns the stages' block groups. ``min_stages=1`` admits the one-process run that benchmarks
-    time single-process backprop with (the same clock as the pipelines')."""
-    pipe, classifier = run.pipeline, run.classifier
-    validate_train_config(classifier.train)  # e.g. stats_every and synth_every, which the schedules honour
-    if pipe.schedule not in SCHEDULES:
-        raise SynthgradError(f"--schedule {pipe.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if pipe.num_stages < min_stages:
-        raise SynthgradError(f"--stages {pipe.num_stages}: a pipeline needs at least 2 stages "
-                             "(leave --stages out to train in one process)")
-    if classifier.method not in ("backprop", "dni", "cdni"):
-        raise SynthgradError(f"--method {classifier.method} cannot be split into stages: use backprop, dni or cdni")
-    if getattr(classifier, "forward_unlock", False) or getattr(classifier.train, "update_prob", 1.0) != 1.0:
-        raise SynthgradError("--forward-unlock and --update-prob are for one process: leave them out with --stages")
-    if classifier.train.on_divergence != "stop":
-        raise SynthgradError(f"--on-divergence {classifier.train.on_divergence} is for one process: in a pipeline the "
-                             "stages below have updated before a non-finite loss is seen, so no step can be skipped; "
-                             "leave it out with --stages (every rank stops at the first non-finite interval)")
-    schedule = resolve_schedule(run)
-    if schedule == "unlocked" and classifier.method == "backprop":
-        raise SynthgradError("--schedule unlocked needs synthesizers at the stage boundaries: "
-                             "use --method dni or cdni, or --schedule lockstep/gpipe/1f1b for backprop")
-    if schedule != "unlocked" and classifier.method != "backprop":
-        raise SynthgradError(f"--schedule {schedule} is exact backprop and trains no synthesizers: "
-                             f"use --method backprop, or --schedule unlocked for {classifier.method}")
-    if pipe.micro_batches < 1 or classifier.train.batch_size % pipe.micro_batches:
-        raise SynthgradError(f"--micro-batches {pipe.micro_batches} must divide --batch-size "
-                             f"{classifier.train.batch_size}")
-    if schedule == "unlocked" and pipe.micro_batches != 1:
-        raise SynthgradError("--micro-batches is for lockstep, gpipe and 1f1b: the unlocked schedule fills the "
-                             "pipeline with whole mini-batches, since no rank waits for a backward pass")
-    if pipe.max_staleness < 0:
-        raise SynthgradError(f"--max-staleness must be >= 0, got {pipe.max_staleness}")
-    if pipe.timeout_s <= 0:
-        raise SynthgradError(f"--timeout must be positive, got {pipe.timeout_s:g}")
-    return stage_groups(build_model(classifier), pipe.num_stages)
+def resolve_schedule(schedule: str, has_synthesizers: bool) -> str:
+    """The schedule that ``schedule`` names (``auto`` resolved by whether the model has synthesizers)."""
+    if schedule != "auto":
+        return schedule
+    return "unlocked" if has_synthesizers else "lockstep"
 
 
-def config_differences(mine: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two nested config dicts."""
-    keys = sorted(set(mine) | set(theirs))
+def check_pipeline_config(config: PipelineConfig, train: TrainConfig, *, batch_size: int, has_synthesizers: bool,
+                          min_stages: int = 2) -> str:
+    """Raise ``InvalidConfig`` naming the field at fault if ``config`` and the engine's ``train`` cannot train
+    a model (with or without synthesizers at the stage boundaries) on batches of ``batch_size``; returns the
+    resolved schedule. ``min_stages=1`` admits the one-process run that benchmarks time single-process
+    backprop with (on the same clock as the pipelines')."""
+    validate_train_config(train)
+    if config.schedule not in SCHEDULES:
+        raise InvalidConfig(f"{{0}} {config.schedule!r}: choose one of {', '.join(SCHEDULES)}", "schedule")
+    if config.num_stages < min_stages:
+        raise InvalidConfig(f"{{0}} {config.num_stages}: a pipeline needs at least {min_stages} stages "
+                            "(leave {0} out to train in one process)", "num_stages")
+    schedule = resolve_schedule(config.schedule, has_synthesizers)
+    if schedule == "unlocked" and not has_synthesizers:
+        raise InvalidConfig("{0} unlocked needs synthesizers at the stage boundaries: give the model "
+                            "synthesizers, or choose {0} lockstep, gpipe or 1f1b", "schedule")
+    if schedule != "unlocked" and has_synthesizers:
+        raise InvalidConfig(f"{{0}} {schedule} is exact backprop and trains no synthesizers: choose {{0}} "
+                            "unlocked, or give it a model without synthesizers", "schedule")
+    if config.micro_batches < 1 or batch_size % config.micro_batches:
+        raise InvalidConfig(f"{{0}} {config.micro_batches} must divide {{1}} {batch_size}",
+                            "micro_batches", "batch_size")
+    if schedule == "unlocked" and config.micro_batches != 1:
+        raise InvalidConfig("{0} is for lockstep, gpipe and 1f1b: the unlocked schedule fills the pipeline "
+                            "with whole mini-batches, since no rank waits for a backward pass", "micro_batches")
+    if train.on_divergence != "stop":
+        raise InvalidConfig(f"{{0}} {train.on_divergence} is for one process: in a pipeline the stages below have "
+                            "updated before a non-finite loss is seen, so no step can be skipped; leave {0} out with "
+                            "{1} (every rank stops at the first non-finite interval)", "on_divergence", "num_stages")
+    if config.max_staleness < 0:
+        raise InvalidConfig(f"{{0}} must be >= 0, got {config.max_staleness}", "max_staleness")
+    if config.timeout_s <= 0:
+        raise InvalidConfig(f"{{0}} must be positive, got {config.timeout_s:g}", "timeout_s")
+    if config.threads < 1:
+        raise InvalidConfig(f"{{0}} must be positive, got {config.threads}", "threads")
+    return schedule
+
+
+def config_differences(mine: Mapping[str, Any], theirs: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested config dicts, with both values."""
     differences = []
-    for key in keys:
+    for key in sorted(set(mine) | set(theirs)):
         a, b = mine.get(key), theirs.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
             differences += config_differences(a, b, f"{prefix}{key}.")
         elif a != b:
             differences.append(f"{prefix}{key} ({a!r} vs {b!r})")
     return differences
-
-
-def comparable_config(run: PipelineRun) -> dict[str, Any]:
-    """The part of a run's config that every rank must share (where the data lies and whether progress
-    is shown may differ between machines)."""
-    data = asdict(run)
-    data["classifier"]["train"].pop("progress")
-    data["classifier"].pop("data_dir")
-    return data

@@ -1,12 +1,13 @@
 """Start the K ranks of a pipeline run on this machine and watch them.
 
-``launch_local`` is what ``synthgrad train --stages K`` does: it checks the run, picks a free port (or
-checks the one given), starts one process per stage and waits. When one rank fails, the others exit on
-their own within their timeout (``synthgrad.pipeline.comm``); any still running ``timeout_s + 10`` s
-later (a hung rank cannot exit by itself) are killed, so the launch never hangs. A stop requested here
-(Ctrl-C) reaches the ranks through a shared event, not a signal: they ignore SIGINT, so that the one a
-terminal sends to every process cannot interrupt them mid-step; they stop together at the next logging
-step, each with a checkpoint. Across machines, ``torchrun`` takes this module's place (see the README).
+``launch_local`` starts one process per stage, each running a caller-given entry point (the function that
+builds this rank's model and data and trains it, e.g. with ``synthgrad.pipeline.run_rank``), and waits.
+When one rank fails, the others exit on their own within their timeout (``synthgrad.pipeline.comm``); any
+still running ``timeout_s + 10`` s later (a hung rank cannot exit by itself) are killed, so the launch never
+hangs. A stop requested here (Ctrl-C) reaches the ranks through a shared event, not a signal: they ignore
+SIGINT, so that the one a terminal sends to every process cannot interrupt them mid-step; they stop
+together at the next logging step, each with a checkpoint. Across machines, ``torchrun`` takes this
+module's place, running the same entry point in each of its processes.
 """
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from synthgrad.errors import TrainingDiverged
-from synthgrad.errors import SynthgradError
 from synthgrad.engine.records import SUMMARY_FILE
-from synthgrad.errors import PipelineFailure
-from synthgrad.pipeline.config import PipelineRun, Rendezvous, check_pipeline_run
-from synthgrad.pipeline.runtime import checkpoint_steps, interrupted, newest_common_step, run_rank
-from synthgrad.errors import TrainingInterrupted
+from synthgrad.errors import PipelineFailure, SynthgradError, TrainingDiverged, TrainingInterrupted
+from synthgrad.pipeline.config import Rendezvous
+from synthgrad.pipeline.runtime import checkpoint_steps, interrupted, newest_common_step
 
+RankEntry = Callable[[Rendezvous, Callable[[], bool]], Any]
+"""``entry(rendezvous, stop_requested)``: what each rank's process runs (picklable: a module-level function,
+or a ``functools.partial`` of one, since the processes are spawned)."""
 BAD_INPUT_STATUS, DIVERGED_STATUS, FAILED_STATUS, STOPPED_STATUS = 2, 3, 4, 5
 """Exit status of a rank stopped by a bad configuration, by a non-finite loss, by another rank's failure,
 and on request (with a checkpoint)."""
@@ -44,19 +45,18 @@ def free_port(addr: str = "127.0.0.1") -> int:
 
 
 def check_port(addr: str, port: int) -> None:
-    """Raise ``SynthgradError`` if ``port`` on ``addr`` cannot be listened on."""
+    """Raise ``SynthgradError`` naming ``port`` if it cannot be listened on at ``addr``."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((addr, port))
         except OSError as error:
-            raise SynthgradError(f"--port {port}: cannot listen on {addr}:{port} ({error.strerror}); choose another "
-                                 "port or leave --port out to pick a free one") from None
+            raise SynthgradError(f"{{0}} {port}: cannot listen on {addr}:{port} ({error.strerror}); choose another "
+                                 "port or leave {0} out to pick a free one", "port") from None
 
 
-def rank_main(run: PipelineRun, rendezvous: Rendezvous, run_dir: str, resume: bool,
-              on_record: Optional[Callable[[dict[str, Any]], None]], stop: Optional[Any] = None) -> None:
-    """The body of one rank's process: run it, print one line on failure, and exit with a status that
+def rank_main(entry: RankEntry, rendezvous: Rendezvous, stop: Optional[Any] = None) -> None:
+    """The body of one rank's process: run ``entry``, print one line on failure, and exit with a status that
     says what happened (0 done, 2 bad configuration, 3 diverged, 4 another rank failed, 5 stopped on
     request, 130 interrupted). ``stop``, a ``multiprocessing`` event, requests the stop; with it the
     rank ignores SIGINT."""
@@ -65,8 +65,7 @@ def rank_main(run: PipelineRun, rendezvous: Rendezvous, run_dir: str, resume: bo
     if stop is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        run_rank(run, rendezvous, Path(run_dir), resume=resume, on_record=on_record if rendezvous.rank == 0 else None,
-                 stop_requested=(lambda: False) if stop is None else stop.is_set)
+        entry(rendezvous, (lambda: False) if stop is None else stop.is_set)
     except TrainingInterrupted:
         status = STOPPED_STATUS
     except TrainingDiverged as error:
@@ -90,17 +89,17 @@ def rank_main(run: PipelineRun, rendezvous: Rendezvous, run_dir: str, resume: bo
         os._exit(status)  # no interpreter teardown: a process group with a dead peer can block it
 
 
-def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None, addr: str = "127.0.0.1",
-                 resume: bool = False, on_record: Optional[Callable[[dict[str, Any]], None]] = None,
-                 stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-    """Train ``run`` as ``run.pipeline.num_stages`` local processes; returns rank 0's summary.
+def launch_local(entry: RankEntry, num_stages: int, run_dir: Path, *, timeout_s: float, port: Optional[int] = None,
+                 addr: str = "127.0.0.1", stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """Run ``entry`` in ``num_stages`` local processes, one per rank, which write their run into ``run_dir``;
+    returns rank 0's summary (``run_dir/summary.json``). ``timeout_s``: the ranks' own timeout, after which
+    a rank still running once another has failed is killed (with a grace period).
 
-    Raises ``SynthgradError`` for a bad configuration (before any process starts when it can tell),
+    Raises ``SynthgradError`` when a rank stopped on a bad configuration (its message is printed),
     ``PipelineFailure`` naming each rank that did not finish and how it ended, ``TrainingDiverged`` when
     a loss became non-finite, and ``TrainingInterrupted`` when ``stop_requested`` (asked every 50 ms)
     said yes: every rank then stopped at the same logging step with a checkpoint of its stage.
     """
-    check_pipeline_run(run, min_stages=1)
     if port is None:
         port = free_port(addr)
     else:
@@ -108,16 +107,15 @@ def launch_local(run: PipelineRun, run_dir: Path, *, port: Optional[int] = None,
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     processes = [context.Process(target=rank_main, name=f"synthgrad-rank-{rank}",
-                                 args=(run, Rendezvous(addr, port, rank, run.pipeline.num_stages), str(run_dir),
-                                       resume, on_record, stop))
-                 for rank in range(run.pipeline.num_stages)]
+                                 args=(entry, Rendezvous(addr, port, rank, num_stages), stop))
+                 for rank in range(num_stages)]
     # a launcher stopped by SIGTERM (or Ctrl-C) takes its ranks with it instead of leaving them orphaned
     previous = (signal.signal(signal.SIGTERM, _exit_on_sigterm)
                 if threading.current_thread() is threading.main_thread() else None)
     try:
         for process in processes:
             process.start()
-        _wait(processes, run.pipeline.timeout_s + _GRACE_S, on_tick=lambda: stop_requested() and stop.set())
+        _wait(processes, timeout_s + _GRACE_S, on_tick=lambda: stop_requested() and stop.set())
     except BaseException:
         for process in processes:
             if process.pid is not None and process.exitcode is None:

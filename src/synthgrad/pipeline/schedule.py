@@ -5,15 +5,20 @@ with one sequence of ``Action`` per rank, executed in order; every receive an ac
 by ``dependencies``, so ``simulate`` can check a plan for deadlocks and print it as a timeline without
 starting a single process.
 
-Two plans:
+A rank's task (``synthgrad.pipeline.unlocked``, ``synthgrad.pipeline.lockstep``) executes, as its
+``train_step(t)``, the actions its plan gives for step ``t`` (``unlocked_step``, ``lockstep_step``); ``U``,
+the optimizer step, is the training engine's, after the task's step. Two plans:
 
-- ``unlocked_plan``: update unlock across processes (paper section 2, "update unlock"). A rank runs
-  ``F`` for a step (receive the input, run the block, update it at once from the synthetic gradient at
-  its output, send the output up and the gradient for its input down) and later ``S`` for that step
-  (receive the target gradient from the rank above, train the synthesizer on it). ``S(t)`` comes right
-  after ``F(t + max_staleness)``: a synthesizer learns from a target at most ``max_staleness`` block
-  updates after its prediction, and a rank runs at most that far ahead of the rank above it. The
-  last rank computes the loss and has no synthesizer.
+- ``unlocked_plan``: update unlock across processes (paper section 2, "update unlock"). At step ``t`` a
+  rank runs ``F(t)`` (receive the input, run the blocks, send the output up as soon as it exists,
+  backpropagate the synthetic gradient at the output into the blocks, send the gradient for the input
+  down as the target of the synthesizer below), then ``S(t - max_staleness)`` (the synthesizer's gradient
+  towards the target that arrived for that step), then ``U(t)`` applies both. A synthesizer so learns from
+  a target ``max_staleness`` block updates after its prediction, and a rank runs at most that far ahead of
+  the rank above it. The last rank computes the loss and has no synthesizer. No rank ever waits for the
+  pipeline to drain: the targets still to come at an interval's end are part of the rank's state, and
+  those of the run's last ``max_staleness`` steps are received and dropped (their synthesizer steps would
+  come after the last update).
 - ``lockstep_plan``: exact pipelined backprop (no synthesizers). Per step, every micro-batch runs
   ``F`` up the pipeline, then ``B`` down it, then every rank applies one ``U`` (optimizer step).
 """
@@ -45,30 +50,29 @@ Plan = tuple[tuple[Action, ...], ...]
 """One ordered sequence of actions per rank."""
 
 
+def unlocked_step(rank: int, num_stages: int, step: int, max_staleness: int,
+                  synth_every: int = 1) -> tuple[Action, ...]:
+    """What ``rank`` does at ``step`` of the update-unlocked schedule: ``F(step)``, ``S(step - max_staleness)``
+    when that step exists and trains the synthesizers (``trains_synthesizer``; never on the last rank), ``U``."""
+    earlier = step - max_staleness
+    has_synth = rank < num_stages - 1 and earlier >= 0 and trains_synthesizer(earlier, synth_every)
+    return (Action(FORWARD, step), *((Action(SYNTH, earlier),) if has_synth else ()), Action(UPDATE, step))
+
+
 def unlocked_plan(num_stages: int, steps: range, max_staleness: int, synth_every: int = 1) -> Plan:
-    """The update-unlocked plan for ``steps`` (one segment: every synthesizer has trained on every
-    target of the segment when it ends, so checkpoints and evaluation see a drained pipeline).
-    Synthesizers train on the steps that are multiples of ``synth_every`` only (as ``TrainConfig.synth_every``
-    in one process); the other steps have no ``S``, and no target is sent for them."""
+    """The update-unlocked plan of a run over ``steps`` (``unlocked_step`` of each), without the ``S`` of
+    steps before ``steps.start``, whose targets a run that starts there does not wait for. Synthesizers
+    train on the steps that are multiples of ``synth_every`` only (``trains_synthesizer``); no target is
+    sent for the others."""
     _check(num_stages, steps)
     if max_staleness < 0:
         raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
     if synth_every < 1:
         raise ValueError(f"synth_every must be >= 1, got {synth_every}")
-    plan = []
-    for rank in range(num_stages):
-        has_synthesizer = rank < num_stages - 1
-        actions: list[Action] = []
-        for step in steps:
-            actions.append(Action(FORWARD, step))
-            earlier = step - max_staleness
-            if has_synthesizer and earlier >= steps.start and trains_synthesizer(earlier, synth_every):
-                actions.append(Action(SYNTH, earlier))
-        if has_synthesizer:
-            actions += [Action(SYNTH, step) for step in steps[max(0, len(steps) - max_staleness):]
-                        if trains_synthesizer(step, synth_every)]
-        plan.append(tuple(actions))
-    return tuple(plan)
+    return tuple(tuple(action for step in steps
+                       for action in unlocked_step(rank, num_stages, step, max_staleness, synth_every)
+                       if action.op != SYNTH or action.step >= steps.start)
+                 for rank in range(num_stages))
 
 
 def trains_synthesizer(step: int, synth_every: int) -> bool:
@@ -76,17 +80,20 @@ def trains_synthesizer(step: int, synth_every: int) -> bool:
     return step % synth_every == 0
 
 
+def lockstep_step(step: int, micro_batches: int = 1) -> tuple[Action, ...]:
+    """What every rank does at ``step`` of exact pipelined backprop: ``F`` for every micro-batch, ``B`` for
+    every one, ``U``."""
+    return (*(Action(FORWARD, step, micro) for micro in range(micro_batches)),
+            *(Action(BACKWARD, step, micro) for micro in range(micro_batches)), Action(UPDATE, step))
+
+
 def lockstep_plan(num_stages: int, steps: range, micro_batches: int = 1) -> Plan:
-    """Exact pipelined backprop: per step, ``F`` for every micro-batch, ``B`` for every one, ``U``."""
+    """Exact pipelined backprop over ``steps``: ``lockstep_step`` of each, the same on every rank."""
     _check(num_stages, steps)
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-    actions = []
-    for step in steps:
-        actions += [Action(FORWARD, step, micro) for micro in range(micro_batches)]
-        actions += [Action(BACKWARD, step, micro) for micro in range(micro_batches)]
-        actions.append(Action(UPDATE, step))
-    return tuple(tuple(actions) for _ in range(num_stages))
+    actions = tuple(action for step in steps for action in lockstep_step(step, micro_batches))
+    return tuple(actions for _ in range(num_stages))
 
 
 def _check(num_stages: int, steps: range) -> None:
