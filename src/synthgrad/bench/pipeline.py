@@ -84,14 +84,14 @@ def _classifier(config: PipelineBenchConfig, method: str) -> ClassifierConfig:
     train = TrainConfig(epochs=config.epochs, steps=DRY_RUN_STEPS if config.dry_run else None,
                         decoupled_lr=config.decoupled_lr if method == "cdni" else None,
                         eval_every=1 if config.dry_run else eval_every, log_every=1 if config.dry_run else eval_every,
-                        checkpoint_every=0, progress=False)
+                        checkpoint_every=0, progress=False, threads=1)  # every run: one thread per process
     return ClassifierConfig(data_dir=config.data_dir, download=not config.dry_run, method=method, layers=config.layers,
                             width=config.width, batch_size=config.batch_size, seed=config.seed, dry_run=config.dry_run,
                             train=train)
 
 
 def _pipeline_run(config: PipelineBenchConfig, name: str) -> PipelineRun:
-    pipeline = PipelineConfig(num_stages=config.num_stages, timeout_s=config.timeout_s, threads=1)
+    pipeline = PipelineConfig(num_stages=config.num_stages, timeout_s=config.timeout_s)
     if name == "backprop":
         return PipelineRun(_classifier(config, "backprop"), replace(pipeline, num_stages=1, schedule="lockstep"))
     if name == "unlocked":
@@ -109,7 +109,6 @@ def _run_single_process_cdni(config: PipelineBenchConfig, run_dir: Path) -> dict
         model = build_model(resolved)
         return stage_cut_model(model, stage_groups(model, config.num_stages))
 
-    classifier.train.threads = 1  # as each rank of the pipelines: one simulated device per process
     summary = run_experiment(classifier, run_dir, model_builder=builder, on_note=lambda note: None)
     summary["samples_per_s"] = summary["steps"] * config.batch_size / summary["train_seconds"]
     write_json(run_dir / SUMMARY_FILE, summary)

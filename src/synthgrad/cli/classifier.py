@@ -117,6 +117,8 @@ def _add_optimisation_arguments(train: argparse.ArgumentParser, defaults: TrainC
                        help="write a checkpoint every N steps, a multiple of --log-every; 0 for none "
                        f"(default {defaults.checkpoint_every}); resume with `synthgrad resume RUN_DIR`")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule)
+    train.add_argument("--threads", type=positive(int),
+                       help="torch threads while training (default: torch's own; 1 per process with --stages)")
     train.add_argument("--warmup-steps", type=non_negative_int,
                        help="scale every learning rate up linearly over the first N steps (default "
                        f"{defaults.warmup_steps}, {CONV_TRAINING['warmup_steps']} for the CNNs)")
@@ -154,7 +156,7 @@ def command_train(args: argparse.Namespace, environ: dict[str, str]) -> None:
         device=resolve_device(args.device, processes=processes_here(args, environ)),
         **{**options, "steps": DRY_RUN_STEPS if args.dry_run else options["steps"]}, epochs=args.epochs,
         progress=not args.no_progress, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-        on_divergence=args.on_divergence, tensorboard=args.tensorboard,
+        on_divergence=args.on_divergence, tensorboard=args.tensorboard, threads=args.threads,
     )
     validate_classifier_config(config, build_model, explicit=explicit_options(args))
     if args.stages:

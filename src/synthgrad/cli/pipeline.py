@@ -29,7 +29,7 @@ def train_pipeline(config: ClassifierConfig, args: argparse.Namespace, environ: 
     """``synthgrad train --stages K``: ``config`` trained as a pipeline of K processes."""
     run = PipelineRun(config, PipelineConfig(
         num_stages=args.stages, schedule=args.schedule, max_staleness=args.max_staleness,
-        micro_batches=args.micro_batches, timeout_s=args.timeout, threads=args.threads))
+        micro_batches=args.micro_batches, timeout_s=args.timeout))
     _launch(run, args.out, f"train-{args.model}-{args.method}-stages{args.stages}", args.force, environ,
             port=args.port)
 
@@ -50,8 +50,6 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     pipeline.add_argument("--timeout", type=positive(float), default=defaults.timeout_s,
                           help="seconds a rank waits for a message before it declares the sender dead or hung "
                           f"and stops (default {defaults.timeout_s:g})")
-    pipeline.add_argument("--threads", type=positive(int), default=defaults.threads,
-                          help="torch threads per stage process (default 1)")
     pipeline.add_argument("--port", type=positive(int), help="rendezvous port on 127.0.0.1 (default: a free one)")
 
 

@@ -25,7 +25,8 @@ class PipelineConfig:
     ``max_staleness``: a synthesizer trains on the target of a step this many steps (block updates) after
     its prediction (``unlocked``). ``micro_batches``: each mini-batch is split into this many for
     ``lockstep``, ``gpipe`` and ``1f1b``. ``timeout_s``: how long a rank waits for a message before it names
-    the sender as dead or hung. ``threads``: torch threads per rank (one simulated device each).
+    the sender as dead or hung. Each rank trains with ``TrainConfig.threads`` torch threads, one when unset
+    (one simulated device each).
     """
 
     num_stages: int = 2
@@ -33,7 +34,6 @@ class PipelineConfig:
     max_staleness: int = 1
     micro_batches: int = 1
     timeout_s: float = DEFAULT_TIMEOUT_S
-    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,6 @@ def check_pipeline_config(config: PipelineConfig, train: TrainConfig, *, batch_s
         raise InvalidConfig(f"{{0}} must be >= 0, got {config.max_staleness}", "max_staleness")
     if config.timeout_s <= 0:
         raise InvalidConfig(f"{{0}} must be positive, got {config.timeout_s:g}", "timeout_s")
-    if config.threads < 1:
-        raise InvalidConfig(f"{{0}} must be positive, got {config.threads}", "threads")
     return schedule
 
 

@@ -111,7 +111,7 @@ def run_rank(build: Callable[[int, torch.device], RankSetup], rendezvous: Rendez
     if rendezvous.world_size != pipeline.num_stages:
         raise InvalidConfig(f"{{0}} {pipeline.num_stages} but the job has {rendezvous.world_size} processes: "
                             "start one process per stage (torchrun --nproc-per-node/--nnodes)", "num_stages")
-    torch.set_num_threads(pipeline.threads)
+    torch.set_num_threads(train_config.threads or 1)  # one simulated device per rank unless told otherwise
     on_gpu = device == "cuda"
     torch_device = torch.device("cuda", rendezvous.local_rank) if on_gpu else torch.device("cpu")
     _init_process_group(rendezvous, "nccl" if on_gpu else "gloo", pipeline.timeout_s)
