@@ -21,8 +21,8 @@ until chunk k+1 has computed its synthetic gradient.
 
 Scale convention (as everywhere in synthgrad, see ``synthgrad.functional``): losses are means over the
 batch of sums over time steps, so a true gradient w.r.t. the state is O(1/B); synthesizers predict the
-*per-example* gradient ``B * dL/ds`` and the chunk receives ``synthetic_grad / B``. Targets handed to
-``synthesizer_loss`` are scaled the same way.
+*per-example* gradient ``B * dL/ds`` (``regression_target``) and the chunk receives ``synthetic_grad / B``
+(``delivered_gradient``).
 
 Parameters are not updated here: ``backward_through_chunks`` only accumulates ``.grad`` over the chunks
 of one window (a whole sequence, or a slice of a text stream); the caller steps its optimizers after.
@@ -35,7 +35,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from synthgrad.functional import gradient_cosine, synthesizer_loss
+from synthgrad.errors import InvalidConfig
+from synthgrad.functional import delivered_gradient, gradient_cosine, regression_target, synthesizer_loss
 
 ChunkLoss = Callable[[Tensor, int, int], Tensor]
 """``chunk_loss(outputs, start, stop)``: the loss of steps ``start:stop`` given the core's outputs for
@@ -62,7 +63,7 @@ class LSTMCore(nn.Module):
             raise ValueError(f"LSTMCore sizes must be positive, got input_dim={input_dim}, hidden_dim="
                              f"{hidden_dim}, output_dim={output_dim}, num_layers={num_layers}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise InvalidConfig(f"{{0}} must be in [0, 1), got {dropout}", "dropout")
         self.hidden_dim, self.num_layers = hidden_dim, num_layers
         self.lstm = nn.LSTM(input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0)
@@ -151,7 +152,7 @@ def backward_through_chunks(
         boundary_context: cDNI. ``boundary_context(step)`` is the synthesizer's context ``(B, C)`` at the
             boundary before window step ``step`` (0: the state entering the window), read as
             ``synthesizer(state, context)``; e.g. the inputs and targets of the chunk after it
-            (``synthgrad.experiments.rnn.next_chunk_context``).
+            (``synthgrad.experiments.recurrent_task.next_chunk_context``).
         aux_head: DNI+Aux: predicts, from the state at a boundary, the synthetic gradient at the next one.
         sequence_ends: the window ends its sequence, so no gradient comes from beyond it (target zero and
             no synthetic gradient at the last step). ``False`` for a slice of a longer stream: the last
@@ -170,9 +171,9 @@ def backward_through_chunks(
     Returns a ``WindowResult``.
     """
     if truncation <= 0:
-        raise ValueError(f"truncation must be positive, got {truncation}")
+        raise InvalidConfig(f"{{0}} must be positive, got {truncation}", "truncation")
     if not 0.0 <= target_decay <= 1.0:
-        raise ValueError(f"target_decay must be in [0, 1], got {target_decay}")
+        raise InvalidConfig(f"{{0}} must be in [0, 1], got {target_decay}", "target_decay")
     batch, length = inputs.shape[0], inputs.shape[1]
     if state is None:
         state = core.initial_state(batch, dtype=inputs.dtype, device=inputs.device)
@@ -199,7 +200,7 @@ def backward_through_chunks(
         if synthesizer is not None and not (is_last and sequence_ends):
             synthetic_grad = synthesize(state.detach(), stop)  # (B, S), per-example scale
             # the synthetic gradient enters at the chunk's last step: d injected / d state = synthetic_grad / B
-            injected = (synthetic_grad.detach() * state).sum() / batch
+            injected = (delivered_gradient(synthetic_grad.detach()) * state).sum()
             if pending_aux is not None:
                 aux_loss = synthesizer_loss(pending_aux, synthetic_grad.detach())
                 total = total + aux_weight * aux_loss
@@ -219,7 +220,7 @@ def backward_through_chunks(
             entering.grad = damped_target
 
         if pending_prediction is not None:
-            target_grad = entering.grad * batch  # per-example scale, (B, S)
+            target_grad = regression_target(entering.grad)  # per-example scale, (B, S)
             _train_synthesizer(pending_prediction, target_grad, result)
         pending_prediction, pending_aux = synthetic_grad, aux_prediction
         result.loss += loss.item()

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from synthgrad.data.text import load_text
 from synthgrad.experiments.rnn import RNNConfig, run_rnn_experiment
+from synthgrad.experiments.rnn_config import LSTM_LR, rnn_config
 from synthgrad.bench.report import RESULTS_FILE, markdown_table, seed_medians, seeds_phrase, write_report
-from synthgrad.engine.records import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, clear_run_files, read_metrics
 
 TRUNCATIONS = (2, 3, 4, 5)
 METHODS = ("bptt", "dni", "dni-aux")
@@ -58,9 +59,9 @@ class RNNBenchConfig:
     solved Copy of lengths 2, 3, 3, 4 at T = 2..5 (BPTT 1, 2, 1, 2, as at 128 and 32, where DNI had 2, 2,
     3, 4) but Repeat Copy of 1 at every T (2, 2, 2, 3 at 128 and 32), 5-12.5 minutes of one core per cell
     (``benchmarks/results/rnn/copy_repeat_copy_256_units_batch_256.md``)."""
-    lr: float = RNNConfig.lr
+    lr: float = LSTM_LR
     """Adam's learning rate for the LSTM of the Copy / Repeat Copy cells (the language model keeps
-    ``RNNConfig.lr``). At 1e-3 instead of 3e-3 DNI solved Copy of 3 at T=3 (BPTT 2; both 2 at 3e-3) but
+    ``LSTM_LR``). At 1e-3 instead of 3e-3 DNI solved Copy of 3 at T=3 (BPTT 2; both 2 at 3e-3) but
     Repeat Copy of 1 at T=2 (BPTT 2; 1 and 0 at 3e-3), so neither rate gives DNI the lead in every cell
     (``benchmarks/results/rnn/copy_repeat_copy_lr_1e-3.md``)."""
     lm_runs: tuple[tuple[str, int], ...] = LM_RUNS
@@ -88,7 +89,8 @@ def _cell(run_dir: Path, config: RNNConfig, **options: Any) -> dict[str, Any]:
     if (run_dir / SUMMARY_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         if json.loads((run_dir / CONFIG_FILE).read_text()) == json.loads(json.dumps(asdict(config))):
             return json.loads((run_dir / SUMMARY_FILE).read_text())
-    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    if run_dir.is_dir():
+        clear_run_files(run_dir)
     return run_rnn_experiment(config, run_dir, **options)
 
 
@@ -114,8 +116,8 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
             return summaries
 
         for task, method, truncation in sequence_cells:
-            summaries = run_seeds(f"{task}-{method}-T{truncation}", lambda seed: RNNConfig(
-                task=task, method=method, truncation=truncation, steps=config.steps, hidden_dim=config.hidden_dim,
+            summaries = run_seeds(f"{task}-{method}-T{truncation}", lambda seed: rnn_config(
+                task, method=method, truncation=truncation, steps=config.steps, hidden_dim=config.hidden_dim,
                 batch_size=config.batch_size, lr=config.lr, seed=seed, dry_run=config.dry_run, progress=False))
             paper = PAPER_LENGTHS[task].get(method)
             row = {"task": task, "method": method, "truncation": truncation,
@@ -125,8 +127,8 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
             bar.set_postfix(cell=f"{task} {method} T={truncation}: {row['max_length_solved_median']:g}")
         for method, truncation in lm_cells:
             name = f"charlm-{method}-T{truncation}"
-            summaries = run_seeds(name, lambda seed: RNNConfig(
-                task="charlm", method=method, truncation=truncation, steps=config.lm_steps,
+            summaries = run_seeds(name, lambda seed: rnn_config(
+                "charlm", method=method, truncation=truncation, steps=config.lm_steps,
                 hidden_dim=config.lm_hidden_dim, eval_every=config.lm_eval_every, window=config.lm_window,
                 squash_cell=config.lm_squash_cell, dropout=config.lm_dropout, text=config.text, seed=seed,
                 dry_run=config.dry_run, progress=False), corpus=corpus)
