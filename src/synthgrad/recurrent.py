@@ -24,6 +24,11 @@ batch of sums over time steps, so a true gradient w.r.t. the state is O(1/B); sy
 *per-example* gradient ``B * dL/ds`` (``regression_target``) and the chunk receives ``synthetic_grad / B``
 (``delivered_gradient``).
 
+Target decay: ``target = dL_next/ds + lambda * J_next^T synthetic_grad_next``. With lambda below 1 the
+synthesizer learns a geometrically discounted future (horizon about ``T / (1 - lambda)`` steps), which keeps
+the bootstrap from feeding on itself on an endless stream; 0 makes the target the next chunk's loss
+gradient alone. The chunk itself always receives the full synthetic gradient.
+
 Parameters are not updated here: ``backward_through_chunks`` only accumulates ``.grad`` over the chunks
 of one window (a whole sequence, or a slice of a text stream); the caller steps its optimizers after.
 """
@@ -160,34 +165,20 @@ def backward_through_chunks(
         train_entering_state: ``state`` is such a boundary of the previous window: train the synthesizer
             on it with the target this window's first chunk produces.
         target_decay: lambda in ``[0, 1]``, the weight of the next boundary's synthetic gradient in the
-            bootstrapped target: ``target = dL_next/ds + lambda * J_next^T synthetic_grad_next``. 1 is the
-            paper; below 1 the synthesizer learns a geometrically discounted future (horizon about
-            ``T / (1 - lambda)`` steps), which keeps the bootstrap from feeding on itself on an endless
-            stream; 0 makes the target the next chunk's loss gradient alone. The chunk itself always
-            receives the full synthetic gradient. Below 1 a chunk that both receives a synthetic
-            gradient and produces a target is backpropagated twice (the second pass only for the
-            parameters' share that the target leaves out).
+            bootstrapped target (see the module docstring); 1 is the paper.
 
     Returns a ``WindowResult``.
     """
-    if truncation <= 0:
-        raise InvalidConfig(f"{{0}} must be positive, got {truncation}", "truncation")
-    if not 0.0 <= target_decay <= 1.0:
-        raise InvalidConfig(f"{{0}} must be in [0, 1], got {target_decay}", "target_decay")
+    _check_options(truncation, target_decay)
     batch, length = inputs.shape[0], inputs.shape[1]
     if state is None:
         state = core.initial_state(batch, dtype=inputs.dtype, device=inputs.device)
     result = WindowResult(loss=0.0, state=state, outputs=inputs.new_empty(0))
     outputs: list[Tensor] = []
-
     # the boundary whose target the next chunk produces: its synthesizer prediction (with graph into the
     # synthesizer), and the auxiliary prediction made from it (with graph into the previous chunk)
-    def synthesize(boundary_state: Tensor, step: int) -> Tensor:
-        if boundary_context is None:
-            return synthesizer(boundary_state)
-        return synthesizer(boundary_state, boundary_context(step))
-
-    pending_prediction = synthesize(state, 0) if (synthesizer is not None and train_entering_state) else None
+    pending_prediction = (_synthesize(synthesizer, boundary_context, state, 0)
+                          if synthesizer is not None and train_entering_state else None)
     pending_aux: Optional[Tensor] = None
     for start in range(0, length, truncation):
         stop = min(start + truncation, length)
@@ -198,7 +189,7 @@ def backward_through_chunks(
         total = loss
         synthetic_grad, injected = None, None
         if synthesizer is not None and not (is_last and sequence_ends):
-            synthetic_grad = synthesize(state.detach(), stop)  # (B, S), per-example scale
+            synthetic_grad = _synthesize(synthesizer, boundary_context, state.detach(), stop)  # (B, S)
             # the synthetic gradient enters at the chunk's last step: d injected / d state = synthetic_grad / B
             injected = (delivered_gradient(synthetic_grad.detach()) * state).sum()
             if pending_aux is not None:
@@ -207,18 +198,8 @@ def backward_through_chunks(
                 result.aux_losses.append(aux_loss.item())
         keep_graph = aux_head is not None and synthetic_grad is not None and not is_last
         aux_prediction = aux_head(state) if keep_graph else None  # (B, S), graph into this chunk
-        if injected is None:
-            total.backward(retain_graph=keep_graph)
-        elif target_decay == 1.0 or pending_prediction is None:
-            (total + injected).backward(retain_graph=keep_graph)
-        else:
-            # first pass: entering.grad is the damped target; second: the rest of the synthetic
-            # gradient into the parameters (entering.grad is read before it is touched again)
-            (total + target_decay * injected).backward(retain_graph=True)
-            damped_target = entering.grad.clone()
-            ((1.0 - target_decay) * injected).backward(retain_graph=keep_graph)
-            entering.grad = damped_target
-
+        _backward_chunk(total, injected, entering, target_decay if pending_prediction is not None else 1.0,
+                        keep_graph)
         if pending_prediction is not None:
             target_grad = regression_target(entering.grad)  # per-example scale, (B, S)
             _train_synthesizer(pending_prediction, target_grad, result)
@@ -229,6 +210,38 @@ def backward_through_chunks(
     result.state = state.detach()
     result.outputs = torch.cat(outputs, dim=1)
     return result
+
+
+def _check_options(truncation: int, target_decay: float) -> None:
+    if truncation <= 0:
+        raise InvalidConfig(f"{{0}} must be positive, got {truncation}", "truncation")
+    if not 0.0 <= target_decay <= 1.0:
+        raise InvalidConfig(f"{{0}} must be in [0, 1], got {target_decay}", "target_decay")
+
+
+def _synthesize(synthesizer: nn.Module, boundary_context: Optional[Callable[[int], Tensor]], boundary_state: Tensor,
+                step: int) -> Tensor:
+    """The synthetic gradient ``(B, S)`` (per-example scale) at the boundary before window step ``step``."""
+    if boundary_context is None:
+        return synthesizer(boundary_state)
+    return synthesizer(boundary_state, boundary_context(step))
+
+
+def _backward_chunk(total: Tensor, injected: Optional[Tensor], entering: Tensor, target_decay: float,
+                    keep_graph: bool) -> None:
+    """Backpropagate a chunk's loss ``total`` and its ``injected`` synthetic gradient (``None``: none), leaving
+    the bootstrapped target in ``entering.grad``, with the synthetic gradient's part of it weighted by
+    ``target_decay``. Below 1 that takes two passes: the first leaves the damped target, the second adds the
+    rest of the synthetic gradient to the parameters (``entering.grad`` is read before it is touched again)."""
+    if injected is None:
+        total.backward(retain_graph=keep_graph)
+    elif target_decay == 1.0:
+        (total + injected).backward(retain_graph=keep_graph)
+    else:
+        (total + target_decay * injected).backward(retain_graph=True)
+        damped_target = entering.grad.clone()
+        ((1.0 - target_decay) * injected).backward(retain_graph=keep_graph)
+        entering.grad = damped_target
 
 
 def _train_synthesizer(prediction: Tensor, target_grad: Tensor, result: WindowResult) -> None:
