@@ -214,3 +214,18 @@ def test_rnn_tensorboard_writes_event_files(tmp_path):
     out = tmp_path / "run"
     assert main(["rnn", "copy", "--dry-run", "--no-progress", "--tensorboard", "--out", str(out)], environ={}) == 0
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_rnn_continues_any_recurrent_run_for_synthgrad_resume(tmp_path, text):
+    from synthgrad.cli.rnn import is_rnn_run, resume_rnn
+
+    out = tmp_path / "run"
+    argv = ["rnn", "charlm", "--text", str(text), "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2",
+            "--window", "8", "--hidden-dim", "8", "--batch-size", "4", "--no-progress", "--out", str(out)]
+    assert main(argv, environ={}) == 0
+    reference = json.loads((out / "summary.json").read_text())
+    assert is_rnn_run(out) and not is_rnn_run(tmp_path)
+    (out / "summary.json").unlink()
+    resume_rnn(out, progress=False, on_divergence="skip")  # what `synthgrad resume RUN_DIR` calls for an rnn run
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["val_bpc"] == reference["val_bpc"] and resumed["chars_seen"] == reference["chars_seen"] == 4 * 4 * 8

@@ -134,9 +134,19 @@ def _new_config(args: argparse.Namespace, environ: dict[str, str]) -> RNNConfig:
     return config
 
 
-def resume_rnn(run_dir: Path, *, progress: bool, task: Optional[str] = None) -> None:
+def is_rnn_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a ``synthgrad rnn`` run (its ``config.json`` has a ``truncation``)."""
+    try:
+        return "truncation" in json.loads((run_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def resume_rnn(run_dir: Path, *, progress: bool, task: Optional[str] = None,
+               on_divergence: Optional[str] = None) -> None:
     """Continue the interrupted recurrent run in ``run_dir`` (of ``task``, when given) from its newest
-    readable checkpoint, with the options it was started with; then report it as a new run is reported."""
+    readable checkpoint, with the options it was started with (and ``on_divergence`` from here on, when
+    given); then report it as a new run is reported."""
     path = run_dir / CONFIG_FILE
     try:
         config = rnn_config_from_dict(json.loads(path.read_text()))
@@ -158,6 +168,7 @@ def resume_rnn(run_dir: Path, *, progress: bool, task: Optional[str] = None) -> 
         raise SynthgradError(f"{run_dir} has no readable checkpoint to resume from (the run stopped before its "
                              "first one, or every one is corrupt); start the run again without --resume")
     config.train.progress = progress
+    config.train.on_divergence = on_divergence or config.train.on_divergence
     print(f"resuming {run_dir} from step {checkpoint['step']}", file=sys.stderr)
     _run(config, run_dir, checkpoint)
 
