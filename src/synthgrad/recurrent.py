@@ -95,14 +95,10 @@ class SquashedCellInput(nn.Module):
     """Wraps a synthesizer of the LSTM state so that it reads ``(h, tanh(c))`` instead of ``(h, c)``;
     it still predicts the gradient w.r.t. the raw ``(h, c)``. ``forward(state (B, S)[, context]) -> (B, S)``.
 
-    Why: on an endless text stream the cell state is never reset and drifts. Measured on Tiny Shakespeare
-    (LSTM of 256, T=8, 32 streams; ``benchmarks/results/rnn/charlm_protocol.md``): the state's norm grows
-    from 1 to 30-600 within the first windows of plain BPTT, and a linear synthesizer regressing on it
-    diverged (SGD at 1e-5 and 1e-4: NaN within 100 windows) or, with Adam, overshot to predictions of
-    norm 4 against targets of 1.8 within 50 windows, after which the LSTM stalled at 4.7 bits per
-    character. ``h`` is bounded already; ``tanh`` bounds ``c`` and leaves small cells nearly unchanged.
-    With it DNI T=8 ends at 2.306 bits per character after 6.1 M characters (seed 0); without, 2.383 after 4.6 M
-    (BPTT T=8: 2.307 and 2.318)."""
+    Why: on an endless text stream the cell state is never reset and drifts (to norms of 30-600 on Tiny
+    Shakespeare), and a synthesizer regressing on the raw state diverges or overshoots until the LSTM stalls.
+    ``h`` is bounded already; ``tanh`` bounds ``c`` and leaves small cells nearly unchanged. Measurements:
+    ``benchmarks/results/rnn/charlm_protocol.md``."""
 
     def __init__(self, synthesizer: nn.Module) -> None:
         super().__init__()
