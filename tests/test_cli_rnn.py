@@ -171,12 +171,17 @@ def test_rnn_resume_continues_the_run_in_out_and_refuses_what_it_cannot(tmp_path
     assert main(["rnn", "copy", "--resume", "--out", str(out)], environ={}) == 2
     assert "holds a finished run" in capsys.readouterr().err
     (out / "summary.json").unlink()  # as if killed before the end: continue from the newest checkpoint
-    assert main(["rnn", "copy", "--resume", "--no-progress", "--out", str(out)], environ={}) == 0
+    assert main(["rnn", "copy", "--resume", "--no-progress", "--on-divergence", "skip", "--out", str(out)],
+                environ={}) == 0
     assert "resuming" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["on_divergence"] == "skip"
     resumed = json.loads((out / "summary.json").read_text())
     assert {k: v for k, v in resumed.items() if "seconds" not in k} == {k: v for k, v in reference.items()
                                                                         if "seconds" not in k}
-    assert (out / "metrics.jsonl").read_text() == records  # the records after step 4 written again, the same
+    # the records after step 4 written again, the same (and how many steps were skipped: none)
+    assert [{k: v for k, v in json.loads(line).items() if k not in ("train/skipped_steps", "train/synth_lr")}
+            for line in (out / "metrics.jsonl").read_text().splitlines()] == [json.loads(line) for line in
+                                                                                 records.splitlines()]
     assert main(["rnn", "charlm", "--resume", "--out", str(out)], environ={}) == 2
     assert "holds a 'copy' run" in capsys.readouterr().err
     assert main(["rnn", "copy", "--resume"], environ={}) == 2
@@ -229,3 +234,14 @@ def test_resume_rnn_continues_any_recurrent_run_for_synthgrad_resume(tmp_path, t
     resume_rnn(out, progress=False, on_divergence="skip")  # what `synthgrad resume RUN_DIR` calls for an rnn run
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["val_bpc"] == reference["val_bpc"] and resumed["chars_seen"] == reference["chars_seen"] == 4 * 4 * 8
+
+
+def test_a_diverging_rnn_run_exits_3_and_on_divergence_skip_skips_its_bad_steps(tmp_path, capsys):
+    # a synthesizer at 1e37 after one Adam step: its synthetic gradient overflows the LSTM's gradients
+    argv = ["rnn", "copy", "--synth-lr", "1e37", "--steps", "20", "--hidden-dim", "8", "--batch-size", "4", "-T", "1",
+            "--log-every", "5", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "stop")], environ={}) == 3
+    assert "training diverged at step 2:" in capsys.readouterr().err
+    # skipping halves the synthesizer's rate, but its weights are already at 1e37: ten skips in a row, then stop
+    assert main([*argv, "--on-divergence", "skip", "--out", str(tmp_path / "skip")], environ={}) == 3
+    assert "training diverged at step 11:" in capsys.readouterr().err

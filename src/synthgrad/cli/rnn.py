@@ -10,6 +10,8 @@ from typing import Any, Optional
 from synthgrad.checkpoints import load_latest_checkpoint
 from synthgrad.cli.arguments import (DATA_ENV, add_device_argument, dropout_rate, non_negative_int, positive,
                                      prepare_run_dir, probability, resolve_device, torch_threads)
+from synthgrad.engine.config import ON_DIVERGENCE
+from synthgrad.engine.guard import SKIP_SYNTH_LR_FACTOR
 from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE
 from synthgrad.errors import InvalidConfig, SynthgradError
 from synthgrad.experiments.rnn import RNN_METHODS, RNNConfig, run_rnn_experiment
@@ -99,9 +101,13 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: RNNConfig
     parser.add_argument("--checkpoint-every", type=non_negative_int, default=train.checkpoint_every,
                         help="a resumable checkpoint at the first record this many updates after the last "
                         f"(default {train.checkpoint_every}; 0: none)")
+    parser.add_argument("--on-divergence", choices=ON_DIVERGENCE,
+                        help="on a non-finite loss or gradient: stop (exit status 3), or skip the step and "
+                        f"multiply the synthesizer's learning rate by {SKIP_SYNTH_LR_FACTOR:g} (default "
+                        f"{train.on_divergence}; with --resume: as the run was started)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out from its newest readable checkpoint, with "
-                        "the options it was started with (other options are ignored)")
+                        "the options it was started with (others but --on-divergence are ignored)")
 
 
 def default_text(text: Optional[Path], environ: dict[str, str]) -> Path:
@@ -123,8 +129,9 @@ def _new_config(args: argparse.Namespace, environ: dict[str, str]) -> RNNConfig:
         batch_size=args.batch_size, seed=args.seed, device=resolve_device(args.device), dry_run=args.dry_run,
         steps=args.steps, lr=args.lr, synth_lr=args.synth_lr, checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress, tensorboard=args.tensorboard)
-    if args.log_every is not None:
-        options["log_every"] = args.log_every
+    for field in ("log_every", "on_divergence"):
+        if getattr(args, field) is not None:
+            options[field] = getattr(args, field)
     if task == "repeat-copy":
         options["max_repeats"] = args.max_repeats
     if task == "charlm":
@@ -177,7 +184,7 @@ def command_rnn(args: argparse.Namespace, environ: dict[str, str]) -> None:
     if args.resume:
         if args.out is None:
             raise SynthgradError("--resume needs --out RUN_DIR, the directory of the run to continue")
-        return resume_rnn(args.out, progress=not args.no_progress, task=args.task)
+        return resume_rnn(args.out, progress=not args.no_progress, task=args.task, on_divergence=args.on_divergence)
     config = _new_config(args, environ)
     _run(config, prepare_run_dir(args.out, f"rnn-{args.task}-{args.method}-T{args.truncation}", args.force))
 
