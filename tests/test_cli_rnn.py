@@ -88,7 +88,7 @@ def test_bench_rnn_subset_keeps_the_paper_numbers_of_its_columns(tmp_path):
     table = (out / "rnn.md").read_text()
     assert "| DNI | 0 (18) |" in table and "BPTT" not in table and "charlm" not in table
     cell = json.loads((out / "cells" / "copy-dni-T4-seed0" / "config.json").read_text())
-    assert (cell["hidden_dim"], cell["batch_size"], cell["lr"]) == (16, 8, 1e-3)  # the sequence cells' own
+    assert (cell["hidden_dim"], cell["batch_size"], cell["train"]["lr"]) == (16, 8, 1e-3)  # the sequence cells' own
     assert "--lr 0.001 --skip-lm" in table
 
 
@@ -165,15 +165,83 @@ def test_rnn_resume_continues_the_run_in_out_and_refuses_what_it_cannot(tmp_path
             "--batch-size", "2", "--no-progress", "--out", str(out)]
     assert main(argv, environ={}) == 0
     reference = json.loads((out / "summary.json").read_text())
+    records = (out / "metrics.jsonl").read_text()
     checkpoints = sorted(path.name for path in out.glob("checkpoint-*.pt"))
-    assert checkpoints == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]
+    assert checkpoints == ["checkpoint-00000002.pt", "checkpoint-00000004.pt"]  # the newest two; the end: final.pt
     assert main(["rnn", "copy", "--resume", "--out", str(out)], environ={}) == 2
     assert "holds a finished run" in capsys.readouterr().err
     (out / "summary.json").unlink()  # as if killed before the end: continue from the newest checkpoint
-    assert main(["rnn", "copy", "--resume", "--no-progress", "--out", str(out)], environ={}) == 0
+    assert main(["rnn", "copy", "--resume", "--no-progress", "--on-divergence", "skip", "--out", str(out)],
+                environ={}) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["on_divergence"] == "skip"
     resumed = json.loads((out / "summary.json").read_text())
-    assert resumed["steps"] == 6 and resumed["max_length_solved"] == reference["max_length_solved"]
+    assert {k: v for k, v in resumed.items() if "seconds" not in k} == {k: v for k, v in reference.items()
+                                                                        if "seconds" not in k}
+    # the records after step 4 written again, the same (and how many steps were skipped: none)
+    assert [{k: v for k, v in json.loads(line).items() if k not in ("train/skipped_steps", "train/synth_lr")}
+            for line in (out / "metrics.jsonl").read_text().splitlines()] == [json.loads(line) for line in
+                                                                                 records.splitlines()]
     assert main(["rnn", "charlm", "--resume", "--out", str(out)], environ={}) == 2
     assert "holds a 'copy' run" in capsys.readouterr().err
     assert main(["rnn", "copy", "--resume"], environ={}) == 2
     assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_rnn_resume_without_a_checkpoint_names_the_fix(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["rnn", "copy", "--steps", "2", "--hidden-dim", "8", "--batch-size", "2", "--no-progress", "--out", str(out)]
+    assert main(argv, environ={}) == 0
+    (out / "summary.json").unlink()
+    assert main(["rnn", "copy", "--resume", "--out", str(out)], environ={}) == 2
+    error = capsys.readouterr().err
+    assert "no readable checkpoint" in error and "without --resume" in error
+    assert main(["rnn", "copy", "--resume", "--out", str(tmp_path / "nothing")], environ={}) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_rnn_errors_name_the_flags(tmp_path, text, capsys):
+    argv = ["rnn", "charlm", "--text", str(text), "--window", "8", "--batch-size", "4096", "--no-progress",
+            "--out", str(tmp_path / "run")]
+    assert main(argv, environ={}) == 2  # 4096 streams of 4 characters: not more than a window
+    error = capsys.readouterr().err
+    assert "not more than the --window 8; choose a smaller --window or --batch-size" in error
+    missing = tmp_path / "missing.txt"
+    assert main(["rnn", "charlm", "--text", str(missing), "--dry-run", "--out", str(tmp_path / "m")], environ={}) == 2
+    assert f"--text {missing}: no such file" in capsys.readouterr().err
+    assert main(["rnn", "copy", "--log-every", "20", "--checkpoint-every", "30", "--dry-run", "--no-progress",
+                 "--out", str(tmp_path / "c")], environ={}) == 0  # a checkpoint at the first record after 30
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["train"]["checkpoint_every"] == 40
+
+
+def test_rnn_tensorboard_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    assert main(["rnn", "copy", "--dry-run", "--no-progress", "--tensorboard", "--out", str(out)], environ={}) == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_rnn_continues_any_recurrent_run_for_synthgrad_resume(tmp_path, text):
+    from synthgrad.cli.rnn import is_rnn_run, resume_rnn
+
+    out = tmp_path / "run"
+    argv = ["rnn", "charlm", "--text", str(text), "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2",
+            "--window", "8", "--hidden-dim", "8", "--batch-size", "4", "--no-progress", "--out", str(out)]
+    assert main(argv, environ={}) == 0
+    reference = json.loads((out / "summary.json").read_text())
+    assert is_rnn_run(out) and not is_rnn_run(tmp_path)
+    (out / "summary.json").unlink()
+    resume_rnn(out, progress=False, on_divergence="skip")  # what `synthgrad resume RUN_DIR` calls for an rnn run
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["val_bpc"] == reference["val_bpc"] and resumed["chars_seen"] == reference["chars_seen"] == 4 * 4 * 8
+
+
+def test_a_diverging_rnn_run_exits_3_and_on_divergence_skip_skips_its_bad_steps(tmp_path, capsys):
+    # a synthesizer at 1e37 after one Adam step: its synthetic gradient overflows the LSTM's gradients
+    argv = ["rnn", "copy", "--synth-lr", "1e37", "--steps", "20", "--hidden-dim", "8", "--batch-size", "4", "-T", "1",
+            "--log-every", "5", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "stop")], environ={}) == 3
+    assert "training diverged at step 2:" in capsys.readouterr().err
+    # skipping halves the synthesizer's rate, but its weights are already at 1e37: ten skips in a row, then stop
+    assert main([*argv, "--on-divergence", "skip", "--out", str(tmp_path / "skip")], environ={}) == 3
+    assert "training diverged at step 11:" in capsys.readouterr().err

@@ -21,8 +21,13 @@ until chunk k+1 has computed its synthetic gradient.
 
 Scale convention (as everywhere in synthgrad, see ``synthgrad.functional``): losses are means over the
 batch of sums over time steps, so a true gradient w.r.t. the state is O(1/B); synthesizers predict the
-*per-example* gradient ``B * dL/ds`` and the chunk receives ``synthetic_grad / B``. Targets handed to
-``synthesizer_loss`` are scaled the same way.
+*per-example* gradient ``B * dL/ds`` (``regression_target``) and the chunk receives ``synthetic_grad / B``
+(``delivered_gradient``).
+
+Target decay: ``target = dL_next/ds + lambda * J_next^T synthetic_grad_next``. With lambda below 1 the
+synthesizer learns a geometrically discounted future (horizon about ``T / (1 - lambda)`` steps), which keeps
+the bootstrap from feeding on itself on an endless stream; 0 makes the target the next chunk's loss
+gradient alone. The chunk itself always receives the full synthetic gradient.
 
 Parameters are not updated here: ``backward_through_chunks`` only accumulates ``.grad`` over the chunks
 of one window (a whole sequence, or a slice of a text stream); the caller steps its optimizers after.
@@ -35,7 +40,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from synthgrad.functional import gradient_cosine, synthesizer_loss
+from synthgrad.errors import InvalidConfig
+from synthgrad.functional import delivered_gradient, gradient_cosine, regression_target, synthesizer_loss
 
 ChunkLoss = Callable[[Tensor, int, int], Tensor]
 """``chunk_loss(outputs, start, stop)``: the loss of steps ``start:stop`` given the core's outputs for
@@ -62,7 +68,7 @@ class LSTMCore(nn.Module):
             raise ValueError(f"LSTMCore sizes must be positive, got input_dim={input_dim}, hidden_dim="
                              f"{hidden_dim}, output_dim={output_dim}, num_layers={num_layers}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise InvalidConfig(f"{{0}} must be in [0, 1), got {dropout}", "dropout")
         self.hidden_dim, self.num_layers = hidden_dim, num_layers
         self.lstm = nn.LSTM(input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0)
@@ -89,14 +95,10 @@ class SquashedCellInput(nn.Module):
     """Wraps a synthesizer of the LSTM state so that it reads ``(h, tanh(c))`` instead of ``(h, c)``;
     it still predicts the gradient w.r.t. the raw ``(h, c)``. ``forward(state (B, S)[, context]) -> (B, S)``.
 
-    Why: on an endless text stream the cell state is never reset and drifts. Measured on Tiny Shakespeare
-    (LSTM of 256, T=8, 32 streams; ``benchmarks/results/rnn/charlm_protocol.md``): the state's norm grows
-    from 1 to 30-600 within the first windows of plain BPTT, and a linear synthesizer regressing on it
-    diverged (SGD at 1e-5 and 1e-4: NaN within 100 windows) or, with Adam, overshot to predictions of
-    norm 4 against targets of 1.8 within 50 windows, after which the LSTM stalled at 4.7 bits per
-    character. ``h`` is bounded already; ``tanh`` bounds ``c`` and leaves small cells nearly unchanged.
-    With it DNI T=8 ends at 2.306 bits per character after 6.1 M characters (seed 0); without, 2.383 after 4.6 M
-    (BPTT T=8: 2.307 and 2.318)."""
+    Why: on an endless text stream the cell state is never reset and drifts (to norms of 30-600 on Tiny
+    Shakespeare), and a synthesizer regressing on the raw state diverges or overshoots until the LSTM stalls.
+    ``h`` is bounded already; ``tanh`` bounds ``c`` and leaves small cells nearly unchanged. Measurements:
+    ``benchmarks/results/rnn/charlm_protocol.md``."""
 
     def __init__(self, synthesizer: nn.Module) -> None:
         super().__init__()
@@ -151,7 +153,7 @@ def backward_through_chunks(
         boundary_context: cDNI. ``boundary_context(step)`` is the synthesizer's context ``(B, C)`` at the
             boundary before window step ``step`` (0: the state entering the window), read as
             ``synthesizer(state, context)``; e.g. the inputs and targets of the chunk after it
-            (``synthgrad.experiments.rnn.next_chunk_context``).
+            (``synthgrad.experiments.recurrent_task.next_chunk_context``).
         aux_head: DNI+Aux: predicts, from the state at a boundary, the synthetic gradient at the next one.
         sequence_ends: the window ends its sequence, so no gradient comes from beyond it (target zero and
             no synthetic gradient at the last step). ``False`` for a slice of a longer stream: the last
@@ -159,34 +161,20 @@ def backward_through_chunks(
         train_entering_state: ``state`` is such a boundary of the previous window: train the synthesizer
             on it with the target this window's first chunk produces.
         target_decay: lambda in ``[0, 1]``, the weight of the next boundary's synthetic gradient in the
-            bootstrapped target: ``target = dL_next/ds + lambda * J_next^T synthetic_grad_next``. 1 is the
-            paper; below 1 the synthesizer learns a geometrically discounted future (horizon about
-            ``T / (1 - lambda)`` steps), which keeps the bootstrap from feeding on itself on an endless
-            stream; 0 makes the target the next chunk's loss gradient alone. The chunk itself always
-            receives the full synthetic gradient. Below 1 a chunk that both receives a synthetic
-            gradient and produces a target is backpropagated twice (the second pass only for the
-            parameters' share that the target leaves out).
+            bootstrapped target (see the module docstring); 1 is the paper.
 
     Returns a ``WindowResult``.
     """
-    if truncation <= 0:
-        raise ValueError(f"truncation must be positive, got {truncation}")
-    if not 0.0 <= target_decay <= 1.0:
-        raise ValueError(f"target_decay must be in [0, 1], got {target_decay}")
+    _check_options(truncation, target_decay)
     batch, length = inputs.shape[0], inputs.shape[1]
     if state is None:
         state = core.initial_state(batch, dtype=inputs.dtype, device=inputs.device)
     result = WindowResult(loss=0.0, state=state, outputs=inputs.new_empty(0))
     outputs: list[Tensor] = []
-
     # the boundary whose target the next chunk produces: its synthesizer prediction (with graph into the
     # synthesizer), and the auxiliary prediction made from it (with graph into the previous chunk)
-    def synthesize(boundary_state: Tensor, step: int) -> Tensor:
-        if boundary_context is None:
-            return synthesizer(boundary_state)
-        return synthesizer(boundary_state, boundary_context(step))
-
-    pending_prediction = synthesize(state, 0) if (synthesizer is not None and train_entering_state) else None
+    pending_prediction = (_synthesize(synthesizer, boundary_context, state, 0)
+                          if synthesizer is not None and train_entering_state else None)
     pending_aux: Optional[Tensor] = None
     for start in range(0, length, truncation):
         stop = min(start + truncation, length)
@@ -197,29 +185,19 @@ def backward_through_chunks(
         total = loss
         synthetic_grad, injected = None, None
         if synthesizer is not None and not (is_last and sequence_ends):
-            synthetic_grad = synthesize(state.detach(), stop)  # (B, S), per-example scale
+            synthetic_grad = _synthesize(synthesizer, boundary_context, state.detach(), stop)  # (B, S)
             # the synthetic gradient enters at the chunk's last step: d injected / d state = synthetic_grad / B
-            injected = (synthetic_grad.detach() * state).sum() / batch
+            injected = (delivered_gradient(synthetic_grad.detach()) * state).sum()
             if pending_aux is not None:
                 aux_loss = synthesizer_loss(pending_aux, synthetic_grad.detach())
                 total = total + aux_weight * aux_loss
                 result.aux_losses.append(aux_loss.item())
         keep_graph = aux_head is not None and synthetic_grad is not None and not is_last
         aux_prediction = aux_head(state) if keep_graph else None  # (B, S), graph into this chunk
-        if injected is None:
-            total.backward(retain_graph=keep_graph)
-        elif target_decay == 1.0 or pending_prediction is None:
-            (total + injected).backward(retain_graph=keep_graph)
-        else:
-            # first pass: entering.grad is the damped target; second: the rest of the synthetic
-            # gradient into the parameters (entering.grad is read before it is touched again)
-            (total + target_decay * injected).backward(retain_graph=True)
-            damped_target = entering.grad.clone()
-            ((1.0 - target_decay) * injected).backward(retain_graph=keep_graph)
-            entering.grad = damped_target
-
+        _backward_chunk(total, injected, entering, target_decay if pending_prediction is not None else 1.0,
+                        keep_graph)
         if pending_prediction is not None:
-            target_grad = entering.grad * batch  # per-example scale, (B, S)
+            target_grad = regression_target(entering.grad)  # per-example scale, (B, S)
             _train_synthesizer(pending_prediction, target_grad, result)
         pending_prediction, pending_aux = synthetic_grad, aux_prediction
         result.loss += loss.item()
@@ -228,6 +206,38 @@ def backward_through_chunks(
     result.state = state.detach()
     result.outputs = torch.cat(outputs, dim=1)
     return result
+
+
+def _check_options(truncation: int, target_decay: float) -> None:
+    if truncation <= 0:
+        raise InvalidConfig(f"{{0}} must be positive, got {truncation}", "truncation")
+    if not 0.0 <= target_decay <= 1.0:
+        raise InvalidConfig(f"{{0}} must be in [0, 1], got {target_decay}", "target_decay")
+
+
+def _synthesize(synthesizer: nn.Module, boundary_context: Optional[Callable[[int], Tensor]], boundary_state: Tensor,
+                step: int) -> Tensor:
+    """The synthetic gradient ``(B, S)`` (per-example scale) at the boundary before window step ``step``."""
+    if boundary_context is None:
+        return synthesizer(boundary_state)
+    return synthesizer(boundary_state, boundary_context(step))
+
+
+def _backward_chunk(total: Tensor, injected: Optional[Tensor], entering: Tensor, target_decay: float,
+                    keep_graph: bool) -> None:
+    """Backpropagate a chunk's loss ``total`` and its ``injected`` synthetic gradient (``None``: none), leaving
+    the bootstrapped target in ``entering.grad``, with the synthetic gradient's part of it weighted by
+    ``target_decay``. Below 1 that takes two passes: the first leaves the damped target, the second adds the
+    rest of the synthetic gradient to the parameters (``entering.grad`` is read before it is touched again)."""
+    if injected is None:
+        total.backward(retain_graph=keep_graph)
+    elif target_decay == 1.0:
+        (total + injected).backward(retain_graph=keep_graph)
+    else:
+        (total + target_decay * injected).backward(retain_graph=True)
+        damped_target = entering.grad.clone()
+        ((1.0 - target_decay) * injected).backward(retain_graph=keep_graph)
+        entering.grad = damped_target
 
 
 def _train_synthesizer(prediction: Tensor, target_grad: Tensor, result: WindowResult) -> None:

@@ -37,7 +37,7 @@ def plot_rnn_run(run_dir: Path) -> list[Path]:
     records = _records(run_dir)
     if not records:
         return []
-    if "val/bpc" in records[0]:
+    if "chars_seen" in records[0]:  # a language model's
         return [plot_bpc_curves({"": [run_dir]}, run_dir / "bpc.png", show_train=True)]
     cosine_labels = {"sg/cos/state": "to its bootstrapped target", "sg/cos_true/state": "to the true future gradient"}
     cosines = {key: label for key, label in cosine_labels.items() if any(key in record for record in records)}

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from synthgrad.data.text import load_text
 from synthgrad.experiments.rnn import RNNConfig, run_rnn_experiment
+from synthgrad.experiments.rnn_config import LSTM_LR, rnn_config
 from synthgrad.bench.report import RESULTS_FILE, markdown_table, seed_medians, seeds_phrase, write_report
-from synthgrad.engine.records import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
+from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE, clear_run_files, read_metrics
 
 TRUNCATIONS = (2, 3, 4, 5)
 METHODS = ("bptt", "dni", "dni-aux")
@@ -40,11 +41,10 @@ LM_RUNS = (("bptt", 8), ("dni", 8), ("cdni", 8), ("dni-aux", 8), ("bptt", 16), (
 @dataclass
 class RNNBenchConfig:
     """The bench's cells and budgets. ``steps``: batches per Copy / Repeat Copy cell; ``lm_steps``:
-    windows of ``RNNConfig.window`` characters per language-model run; ``text``: ``None`` skips the LM.
+    windows of ``lm_window`` characters per language-model run; ``text``: ``None`` skips the LM.
 
-    20000 batches: 40-120 s per Copy / Repeat Copy cell on one core. At 4000 (10-25 s) every truncated
-    cell stopped at the first length whose dependency crosses a chunk boundary, before DNI had got past
-    it (``benchmarks/results/rnn/training_speed.md``)."""
+    20000 batches: at 4000 every truncated cell stopped at the first length whose dependency crosses a
+    chunk boundary, before DNI had got past it (``benchmarks/results/rnn/training_speed.md``)."""
 
     steps: int = 20000
     lm_steps: int = 8000
@@ -54,14 +54,12 @@ class RNNBenchConfig:
     methods: tuple[str, ...] = METHODS
     hidden_dim: int = RNNConfig.hidden_dim
     batch_size: int = RNNConfig.batch_size
-    """The LSTM's units and the batch of the Copy / Repeat Copy cells. At 256 units and batches of 256 DNI
-    solved Copy of lengths 2, 3, 3, 4 at T = 2..5 (BPTT 1, 2, 1, 2, as at 128 and 32, where DNI had 2, 2,
-    3, 4) but Repeat Copy of 1 at every T (2, 2, 2, 3 at 128 and 32), 5-12.5 minutes of one core per cell
+    """The LSTM's units and the batch of the Copy / Repeat Copy cells: at 256 units and batches of 256 DNI
+    solved Copy about as far and Repeat Copy less far, at several times the cost per cell
     (``benchmarks/results/rnn/copy_repeat_copy_256_units_batch_256.md``)."""
-    lr: float = RNNConfig.lr
+    lr: float = LSTM_LR
     """Adam's learning rate for the LSTM of the Copy / Repeat Copy cells (the language model keeps
-    ``RNNConfig.lr``). At 1e-3 instead of 3e-3 DNI solved Copy of 3 at T=3 (BPTT 2; both 2 at 3e-3) but
-    Repeat Copy of 1 at T=2 (BPTT 2; 1 and 0 at 3e-3), so neither rate gives DNI the lead in every cell
+    ``LSTM_LR``): neither 1e-3 nor 3e-3 gives DNI the lead in every cell
     (``benchmarks/results/rnn/copy_repeat_copy_lr_1e-3.md``)."""
     lm_runs: tuple[tuple[str, int], ...] = LM_RUNS
     lm_hidden_dim: int = 256
@@ -70,12 +68,9 @@ class RNNBenchConfig:
     lm_squash_cell: bool = True
     lm_dropout: float = 0.25
     """The language model's protocol: an LSTM of 256 at Adam 3e-3 on 32 streams, windows of 64, dropout
-    0.25 on its outputs, 8000 windows (16.4 M characters, 4.5-8.5 minutes of one core per run). Without
-    dropout the LSTM overfits the 1 M training characters after about 3000 windows (6.1 M characters;
-    ``benchmarks/results/rnn/charlm_protocol.md``); with it every run is still improving there and ends
-    0.04-0.09 bits below where those ended (``benchmarks/results/rnn/charlm_dropout.md``). At 128 units
-    and 1200 windows (the first protocol) every run sat at 2.69-2.76 bits per character, with no T=8 /
-    T=32 gap to close."""
+    0.25 on its outputs, 8000 windows (16.4 M characters). Without dropout the LSTM overfits Tiny
+    Shakespeare's 1 M training characters after about 3000 windows; smaller or shorter runs leave no T=8 /
+    T=32 gap to close (``benchmarks/results/rnn/charlm_protocol.md``, ``charlm_dropout.md``)."""
     seeds: tuple[int, ...] = (0,)
     """One run per seed in every cell; the tables give the median (and, with several, each seed's value)."""
     dry_run: bool = False
@@ -88,7 +83,8 @@ def _cell(run_dir: Path, config: RNNConfig, **options: Any) -> dict[str, Any]:
     if (run_dir / SUMMARY_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         if json.loads((run_dir / CONFIG_FILE).read_text()) == json.loads(json.dumps(asdict(config))):
             return json.loads((run_dir / SUMMARY_FILE).read_text())
-    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    if run_dir.is_dir():
+        clear_run_files(run_dir)
     return run_rnn_experiment(config, run_dir, **options)
 
 
@@ -114,8 +110,8 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
             return summaries
 
         for task, method, truncation in sequence_cells:
-            summaries = run_seeds(f"{task}-{method}-T{truncation}", lambda seed: RNNConfig(
-                task=task, method=method, truncation=truncation, steps=config.steps, hidden_dim=config.hidden_dim,
+            summaries = run_seeds(f"{task}-{method}-T{truncation}", lambda seed: rnn_config(
+                task, method=method, truncation=truncation, steps=config.steps, hidden_dim=config.hidden_dim,
                 batch_size=config.batch_size, lr=config.lr, seed=seed, dry_run=config.dry_run, progress=False))
             paper = PAPER_LENGTHS[task].get(method)
             row = {"task": task, "method": method, "truncation": truncation,
@@ -125,8 +121,8 @@ def run_rnn(config: RNNBenchConfig, out_dir: Path, command: str = "synthgrad ben
             bar.set_postfix(cell=f"{task} {method} T={truncation}: {row['max_length_solved_median']:g}")
         for method, truncation in lm_cells:
             name = f"charlm-{method}-T{truncation}"
-            summaries = run_seeds(name, lambda seed: RNNConfig(
-                task="charlm", method=method, truncation=truncation, steps=config.lm_steps,
+            summaries = run_seeds(name, lambda seed: rnn_config(
+                "charlm", method=method, truncation=truncation, steps=config.lm_steps,
                 hidden_dim=config.lm_hidden_dim, eval_every=config.lm_eval_every, window=config.lm_window,
                 squash_cell=config.lm_squash_cell, dropout=config.lm_dropout, text=config.text, seed=seed,
                 dry_run=config.dry_run, progress=False), corpus=corpus)

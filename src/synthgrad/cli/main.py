@@ -3,7 +3,6 @@ input prints one line and exits with status 2; it never shows a traceback."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,9 +15,8 @@ from synthgrad.cli.arguments import OneLineErrorParser, set_command_parser
 from synthgrad.cli.bench import add_bench_parser, command_bench
 from synthgrad.cli.classifier import add_classifier_parsers, command_gist, command_train
 from synthgrad.cli.resume import command_resume, resume_flag
-from synthgrad.cli.rnn import add_rnn_parser, command_rnn
+from synthgrad.cli.rnn import add_rnn_parser, command_rnn, is_rnn_run
 from synthgrad.engine.config import ON_DIVERGENCE
-from synthgrad.engine.records import CONFIG_FILE
 from synthgrad.errors import PipelineFailure, SynthgradError, TrainingDiverged, TrainingInterrupted
 from synthgrad.pipeline.launch import FAILED_STATUS
 from synthgrad.plots import plot_run
@@ -63,13 +61,6 @@ def _add_resume_parser(commands: Any) -> None:
     resume.add_argument("--no-progress", action="store_true", help="no progress bar")
     resume.add_argument("--on-divergence", choices=ON_DIVERGENCE,
                         help="change what a non-finite step does from here on (default: as the run was started)")
-
-
-def is_rnn_run(run_dir: Path) -> bool:
-    try:
-        return "truncation" in json.loads((run_dir / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
 
 
 def command_plot(args: argparse.Namespace, environ: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from synthgrad.checkpoints import CheckpointMismatch, checkpoint_path, load_late
 from synthgrad.cli.arguments import explicit_options
 from synthgrad.cli.classifier import model_builder, run_classifier
 from synthgrad.cli.pipeline import pipeline_run_in, resume_pipeline
+from synthgrad.cli.rnn import is_rnn_run, resume_rnn
 from synthgrad.engine.records import CONFIG_FILE, SUMMARY_FILE
 from synthgrad.errors import InvalidConfig, SynthgradError
 from synthgrad.experiments.classifier_config import ClassifierConfig, classifier_config_from_dict
@@ -25,6 +26,8 @@ def command_resume(args: argparse.Namespace, environ: dict[str, str]) -> None:
     pipeline = pipeline_run_in(args.run_dir)
     if pipeline is not None:
         return resume_pipeline(args.run_dir, pipeline, not args.no_progress, environ)
+    if is_rnn_run(args.run_dir):
+        return resume_rnn(args.run_dir, progress=not args.no_progress, on_divergence=args.on_divergence)
     _resume(args.run_dir, progress=not args.no_progress, on_divergence=args.on_divergence)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from synthgrad.errors import SynthgradError
+from synthgrad.errors import DatasetError, InvalidConfig
 
 TRAIN_FRACTION = 0.9
 """Share of the characters (from the start) that train; the rest is the held-out validation tail."""
@@ -32,25 +32,25 @@ class CharCorpus:
 
 
 def load_text(path: Path, *, min_chars: int = 20) -> CharCorpus:
-    """Read ``path`` as UTF-8 and split it; raises ``SynthgradError`` for a missing, non-UTF-8, empty
-    or too short (fewer than ``min_chars`` characters) file."""
+    """Read ``path`` as UTF-8 and split it; raises ``DatasetError`` naming the ``text`` field for a missing,
+    non-UTF-8, empty or too short (fewer than ``min_chars`` characters) file."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise SynthgradError(f"--text {path}: no such file; pass a UTF-8 text file") from None
+        raise DatasetError(f"{{0}} {path}: no such file; pass a UTF-8 text file", "text") from None
     except IsADirectoryError:
-        raise SynthgradError(f"--text {path} is a directory; pass a UTF-8 text file") from None
+        raise DatasetError(f"{{0}} {path} is a directory; pass a UTF-8 text file", "text") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise SynthgradError(f"--text {path} is not UTF-8 text (byte {error.start} cannot be decoded); "
-                             "convert it to UTF-8, e.g. with iconv") from None
+        raise DatasetError(f"{{0}} {path} is not UTF-8 text (byte {error.start} cannot be decoded); "
+                           "convert it to UTF-8, e.g. with iconv", "text") from None
     if not text:
-        raise SynthgradError(f"--text {path} is empty; pass a file with some text in it")
+        raise DatasetError(f"{{0}} {path} is empty; pass a file with some text in it", "text")
     if len(text) < min_chars:
-        raise SynthgradError(f"--text {path} has {len(text)} characters, too few to split into training "
-                             f"and validation text; pass one with at least {min_chars}")
+        raise DatasetError(f"{{0}} {path} has {len(text)} characters, too few to split into training "
+                           f"and validation text; pass one with at least {min_chars}", "text")
     return split_text(text)
 
 
@@ -68,5 +68,5 @@ def stream_batches(data: Tensor, batch_size: int) -> Tensor:
     row b continues where row b of the previous window stopped, so the state carries over."""
     columns = len(data) // batch_size
     if columns < 2:
-        raise SynthgradError(f"the text is too short for batch size {batch_size}: use a smaller --batch-size")
+        raise InvalidConfig(f"the text is too short for {{0}} {batch_size}: choose a smaller {{0}}", "batch_size")
     return data[: columns * batch_size].view(batch_size, columns)

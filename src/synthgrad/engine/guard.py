@@ -135,6 +135,11 @@ class DivergenceGuard:
         self._skipped += 1
         return False
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped since the last ``pop()``."""
+        return self._skipped
+
     def pop(self) -> dict[str, float]:
         """Metrics since the last call (skipping mode only): ``train/skipped_steps`` and the synthesizers'
         current learning rate ``train/synth_lr``; then reset."""

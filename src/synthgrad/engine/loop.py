@@ -195,7 +195,8 @@ class _Run:
     def _end_interval(self, stop_requested: Callable[[], bool], log: Optional[MetricsLog], progress: tqdm,
                       on_record: Optional[Callable[[dict], None]]) -> None:
         started, cpu_started = time.perf_counter(), time.process_time()
-        metrics = {**self.task.end_interval(), **self.means.pop(), **self.cut_statistics.pop(), **self.guard.pop()}
+        metrics = {**self.task.end_interval(), **self.means.pop(missing_as_nan=self.guard.skipped_steps > 0),
+                   **self.cut_statistics.pop(), **self.guard.pop()}
         gathered = self.world.gather_objects((metrics, stop_requested()))
         verdict, message = self.world.broadcast_object(self._verdict(gathered) if self.is_reporting else None)
         self._add_time(started, cpu_started)

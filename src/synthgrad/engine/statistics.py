@@ -16,8 +16,9 @@ from synthgrad.interfaces import named_backward_interfaces, named_forward_interf
 
 
 class IntervalMeans:
-    """Means of per-step metrics over the steps that reported them; ``nan`` for a key reported before but
-    by no step of this interval (e.g. every step skipped)."""
+    """Means of per-step metrics over the steps that reported them. A key that no step of an interval
+    reported is left out (a recurrent batch without a chunk boundary has no synthesizer loss), or is ``nan``
+    when asked (every step of the interval was skipped: nothing was measured)."""
 
     def __init__(self) -> None:
         self._sums: dict[str, Metric] = {}
@@ -29,9 +30,11 @@ class IntervalMeans:
             self._sums[key] = self._sums[key] + value if self._counts.get(key) else value
             self._counts[key] = self._counts.get(key, 0) + 1
 
-    def pop(self) -> dict[str, float]:
-        """The means since the last call; then reset."""
-        means = {key: float(self._sums[key]) / count if count else math.nan for key, count in self._counts.items()}
+    def pop(self, *, missing_as_nan: bool = False) -> dict[str, float]:
+        """The means since the last call (keys seen before but not since: ``nan`` if ``missing_as_nan``, else
+        left out); then reset."""
+        means = {key: float(self._sums[key]) / count if count else math.nan for key, count in self._counts.items()
+                 if count or missing_as_nan}
         self._counts = dict.fromkeys(self._counts, 0)
         return means
 
