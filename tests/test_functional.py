@@ -82,3 +82,15 @@ def test_synthetic_input_returns_the_prediction_and_regresses_it_onto_the_activa
 def test_synthetic_input_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"synthetic input has shape \(4, 3\) but the activation it stands for"):
         synthetic_input(torch.randn(4, 2), torch.randn(4, 3))
+
+
+def test_observers_see_tensors_without_a_graph():
+    """What a hook keeps (a probe's snapshot, a figure's data) must not hold the synthesizer's graph."""
+    seen = []
+    activation, synthetic = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    out = synthetic_gradient(activation * 1, synthetic * 1,
+                             observers=[lambda prediction, target: seen.append((prediction, target))])
+    out.sum().backward()
+    (prediction, target), = seen
+    assert not prediction.requires_grad and not target.requires_grad
+    torch.testing.assert_close(target, torch.full((4, 3), 4.0))  # B * dL/dh with dL/dh = 1

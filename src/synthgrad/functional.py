@@ -88,8 +88,8 @@ class _SyntheticGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        (synthetic_grad,) = ctx.saved_tensors  # backward runs without grad mode: nothing here is recorded
-        target_grad = regression_target(grad_output)  # per-example scale, (B, *features)
+        synthetic_grad = ctx.saved_tensors[0].detach()  # a saved tensor still says it requires grad
+        target_grad = regression_target(grad_output)  # per-example scale, (B, *features); no graph in backward
         for observer in ctx.observers:
             observer(synthetic_grad, target_grad)
 
