@@ -98,6 +98,7 @@ class DivergenceGuard:
         self._synth_groups = [index for index, group in enumerate(optimizer.param_groups)
                               if group.get("name") == SYNTHESIZER_GROUP]
         self._buffers: list[Tensor] = []
+        self._unit_scale = torch.ones((), device=next(model.parameters()).device)
         self.consecutive_skips = 0
         self._skipped = 0  # since the last pop()
 
@@ -109,11 +110,14 @@ class DivergenceGuard:
     def allows_step(self, loss: Tensor, step: int) -> bool:
         """``True`` if ``loss`` and every gradient are finite. Otherwise raise ``TrainingDiverged``
         (stopping mode, or ``MAX_CONSECUTIVE_SKIPS`` reached), or undo the step's side effects, lower
-        the synthesizers' rate and return ``False``. One host sync per step: the norm of a tensor is
-        non-finite if any element is, and ``torch._foreach_norm`` takes every gradient in one call."""
+        the synthesizers' rate and return ``False``. One host sync per step, after one fused pass over
+        every gradient: the check ``torch.amp.GradScaler`` makes before it lets an optimizer step (with a
+        scale of 1, which leaves the gradients as they are)."""
         grads = [param.grad for param in self._params if param.grad is not None]
-        norms = torch._foreach_norm(grads) if grads else []
-        if bool(torch.isfinite(torch.stack([loss.detach().reshape(()).float(), *norms])).all()):
+        found_non_finite = (~torch.isfinite(loss.detach().float())).reshape(1).float()
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_non_finite, self._unit_scale)
+        if not found_non_finite.item():
             self.consecutive_skips = 0
             return True
         message = describe_divergence(loss, self._model, step, self._checkpoint_dir)

@@ -26,8 +26,12 @@ class IntervalMeans:
 
     def add(self, metrics: Mapping[str, Metric]) -> None:
         for key, value in metrics.items():
-            value = value.detach() if isinstance(value, Tensor) else value
-            self._sums[key] = self._sums[key] + value if self._counts.get(key) else value
+            if not self._counts.get(key):
+                self._sums[key] = value.detach().clone() if isinstance(value, Tensor) else value
+            elif isinstance(value, Tensor):
+                self._sums[key].add_(value.detach())  # in place: no tensor allocated per step
+            else:
+                self._sums[key] += value
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def pop(self, *, missing_as_nan: bool = False) -> dict[str, float]:
