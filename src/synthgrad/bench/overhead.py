@@ -15,7 +15,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -29,6 +29,10 @@ from synthgrad.experiments.classifier_config import (DRY_RUN_STEPS, NUM_CLASSES,
                                                      classifier_config)
 
 RUNS = ("plain", "plain-cdni", "backprop", "cdni")
+RATIOS = {"backprop_over_plain": ("backprop", "plain"), "cdni_over_plain_cdni": ("cdni", "plain-cdni"),
+          "cdni_over_backprop": ("cdni", "backprop"), "plain_cdni_over_plain": ("plain-cdni", "plain")}
+"""Each ratio of the table: the median over the rounds of one run's seconds over another's in the same round
+(the machine's speed drifts between rounds more than between the runs of one round)."""
 
 
 @dataclass
@@ -40,15 +44,15 @@ class OverheadBenchConfig:
     dry_run: bool = False
 
 
-def plain_loop(config: ClassifierConfig, train_split: Split) -> float:
-    """Seconds of one epoch of the loop a PyTorch user writes: the network ``config`` names (for cDNI handed
-    the one-hot labels as its context), Adam, the cosine schedule, batches in the engine's order. Returns the
-    wall time of the loop alone."""
+def plain_loop(config: ClassifierConfig, train_split: Split, steps: Optional[int] = None) -> float:
+    """Seconds of one epoch (or ``steps`` steps) of the loop a PyTorch user writes: the network ``config``
+    names (for cDNI handed the one-hot labels as its context), Adam, the cosine schedule, batches in the
+    engine's order. Returns the wall time of the loop alone."""
     torch.manual_seed(config.seed)
     model = build_model(config).train()
     contexts = nn.functional.one_hot(train_split.labels, NUM_CLASSES).float() if config.use_context else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
-    steps = config.train.steps or len(train_split.labels) // config.batch_size
+    steps = steps or config.train.steps or len(train_split.labels) // config.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train, steps))
     order = epoch_order(config.seed, 0, len(train_split.labels))
     started = time.perf_counter()
@@ -64,10 +68,22 @@ def plain_loop(config: ClassifierConfig, train_split: Split) -> float:
     return time.perf_counter() - started
 
 
+def operators_per_step(config: ClassifierConfig, train_split: Split, steps: int = 50) -> dict[str, float]:
+    """How many ATen operators one step of ``plain_loop`` runs, and their processor milliseconds (the
+    profiler's self time): small operators cost about the same whatever their size, so their count is what
+    a cut adds when its synthesizer's arithmetic is small."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        plain_loop(config, train_split, steps)
+    operators = [event for event in profile.key_averages() if event.key.startswith("aten::")]
+    return {"operators": sum(event.count for event in operators) / steps,
+            "cpu_ms": sum(event.self_cpu_time_total for event in operators) / 1000 / steps}
+
+
 def run_overhead(config: OverheadBenchConfig, out_dir: Path, *, command: str = "synthgrad bench overhead",
                  progress: bool = True) -> dict[str, Any]:
     """Run every round and write ``results.json`` and ``overhead.md`` into ``out_dir``; returns the results:
-    each run's seconds per epoch (every round and the median) and the two ratios of the medians."""
+    each run's seconds per epoch (every round and the median), the ratios (``RATIOS``) and the operators
+    each plain loop runs per step."""
     out_dir = Path(out_dir)
     train_split, _, _ = load_splits("mnist", config.data_dir, download=not config.dry_run, dry_run=config.dry_run)
     runs: dict[str, Callable[[int], float]] = {
@@ -81,14 +97,18 @@ def run_overhead(config: OverheadBenchConfig, out_dir: Path, *, command: str = "
         for name in RUNS:  # in turn, so that every run sees the same drift of the machine
             seconds[name].append(runs[name](round_))
     medians = {name: statistics.median(values) for name, values in seconds.items()}
+    operators = {name: operators_per_step(_classifier(config, method), train_split)
+                 for name, method in (("plain", "backprop"), ("plain-cdni", "cdni"))}
     results = {"seconds_per_epoch": seconds, "median_seconds_per_epoch": medians,
-               "backprop_over_plain": medians["backprop"] / medians["plain"],
-               "cdni_over_plain_cdni": medians["cdni"] / medians["plain-cdni"],
-               "cdni_over_backprop": medians["cdni"] / medians["backprop"],
-               "plain_cdni_over_plain": medians["plain-cdni"] / medians["plain"],
+               **{name: _median_ratio(seconds[over], seconds[under]) for name, (over, under) in RATIOS.items()},
+               "operators_per_step": operators,
                "threads": torch.get_num_threads(), "command": command, "config": asdict(config)}
     write_report(out_dir, "overhead", command, results, [_table(results, config)])
     return results
+
+
+def _median_ratio(over: list[float], under: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(over, under, strict=True))
 
 
 def _classifier(config: OverheadBenchConfig, method: str) -> ClassifierConfig:
@@ -106,9 +126,12 @@ def _table(results: dict[str, Any], config: OverheadBenchConfig) -> str:
     rows = [[name, f"{medians[name]:.2f}", " ".join(f"{value:.2f}" for value in seconds[name])] for name in RUNS]
     threads = results["threads"]
     return (f"Default MNIST MLP (3 x 256), one epoch per run, {config.rounds} rounds, {threads} torch "
-            f"thread{'s' if threads > 1 else ''}.\n\n"
+            f"thread{'s' if threads > 1 else ''}; ratios are medians of each round's ratio.\n\n"
             + markdown_table(["run", "s / epoch (median)", "each round"], rows)
             + f"\nThe engine: synthgrad train --method backprop / plain loop {results['backprop_over_plain']:.2f}x, "
             f"--method cdni / plain loop with the cuts {results['cdni_over_plain_cdni']:.2f}x. Decoupling every "
             f"cut: --method cdni / --method backprop {results['cdni_over_backprop']:.2f}x, of which the cuts "
-            f"themselves (plain loops) {results['plain_cdni_over_plain']:.2f}x.\n")
+            f"themselves (plain loops) {results['plain_cdni_over_plain']:.2f}x.\n\n"
+            + "ATen operators per step (their processor ms, torch.profiler): "
+            + ", ".join(f"{name} {ops['operators']:.0f} ({ops['cpu_ms']:.2f} ms)"
+                        for name, ops in results["operators_per_step"].items()) + ".\n")
