@@ -237,11 +237,12 @@ def test_resume_rnn_continues_any_recurrent_run_for_synthgrad_resume(tmp_path, t
 
 
 def test_a_diverging_rnn_run_exits_3_and_on_divergence_skip_skips_its_bad_steps(tmp_path, capsys):
-    # a synthesizer at 1e37 after one Adam step: its synthetic gradient overflows the LSTM's gradients
+    # a synthesizer at 1e37 after one Adam step, 1e37 again after the second: its synthetic gradient then
+    # overflows the LSTM's gradients
     argv = ["rnn", "copy", "--synth-lr", "1e37", "--steps", "20", "--hidden-dim", "8", "--batch-size", "4", "-T", "1",
             "--log-every", "5", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "stop")], environ={}) == 3
-    assert "training diverged at step 2:" in capsys.readouterr().err
+    assert "training diverged at step 3:" in capsys.readouterr().err
     # skipping halves the synthesizer's rate, but its weights are already at 1e37: ten skips in a row, then stop
     assert main([*argv, "--on-divergence", "skip", "--out", str(tmp_path / "skip")], environ={}) == 3
-    assert "training diverged at step 11:" in capsys.readouterr().err
+    assert "training diverged at step 12:" in capsys.readouterr().err
