@@ -25,8 +25,13 @@ from synthgrad.bench.report import markdown_table, write_report
 from synthgrad.engine.classification import Split, epoch_order
 from synthgrad.engine.optim import lr_multiplier
 from synthgrad.experiments.classifier import load_splits, run_experiment
-from synthgrad.experiments.classifier_config import (DRY_RUN_STEPS, NUM_CLASSES, ClassifierConfig, build_model,
-                                                     classifier_config)
+from synthgrad.experiments.classifier_config import (
+    DRY_RUN_STEPS,
+    NUM_CLASSES,
+    ClassifierConfig,
+    build_model,
+    classifier_config,
+)
 
 RUNS = ("plain", "plain-cdni", "backprop", "cdni")
 RATIOS = {"backprop_over_plain": ("backprop", "plain"), "cdni_over_plain_cdni": ("cdni", "plain-cdni"),
@@ -52,12 +57,14 @@ def plain_loop(config: ClassifierConfig, train_split: Split, steps: Optional[int
     model = build_model(config).train()
     contexts = nn.functional.one_hot(train_split.labels, NUM_CLASSES).float() if config.use_context else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, fused=True)
-    steps = steps or config.train.steps or len(train_split.labels) // config.batch_size
+    steps_per_epoch = len(train_split.labels) // config.batch_size
+    steps = steps or config.train.steps or steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train, steps))
-    order = epoch_order(config.seed, 0, len(train_split.labels))
+    orders = [epoch_order(config.seed, epoch, len(train_split.labels)) for epoch in range(-(-steps // steps_per_epoch))]
     started = time.perf_counter()
     for step in range(steps):
-        index = order[step * config.batch_size:(step + 1) * config.batch_size]
+        epoch, batch = divmod(step, steps_per_epoch)
+        index = orders[epoch][batch * config.batch_size:(batch + 1) * config.batch_size]
         inputs = train_split.inputs[index]
         logits = model(inputs) if contexts is None else model(inputs, contexts[index])
         loss = nn.functional.cross_entropy(logits, train_split.labels[index])
