@@ -237,5 +237,4 @@ def format_table(results: dict[str, Any]) -> str:
                      f"{row['median_speedup']:.2f}x", percent(row["test_acc"]),
                      "–" if row["seconds_to_97"] is None else f"{row['seconds_to_97']:.1f}",
                      percent(row["final_test_acc"]), per_rank(row.get("cpu_us_per_sample"))])
-    # only the command line and the table, so `synthgrad bench readme` can replace it in the README
     return f"Made by `{results['command']}`.\n\n" + markdown_table(header, rows)

@@ -49,7 +49,7 @@ def rank_or_full(text: str) -> Optional[int]:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="directory holding the dataset's IDX files (default: "
+    parser.add_argument("--data-dir", help="directory holding the dataset's files (default: "
                         f"${DATA_ENV}/<dataset>, else a per-user cache that it is downloaded into)")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default 0)")
     add_device_argument(parser)
