@@ -43,7 +43,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     """Draw every figure the run directory has data for; returns the PNG paths written."""
     run_dir = Path(run_dir)
     if not (run_dir / METRICS_FILE).is_file():
-        raise SynthgradError(f"{run_dir} has no {METRICS_FILE}: pass the directory of a synthgrad run (its --out)")
+        raise SynthgradError(f"{run_dir} has no {METRICS_FILE}: pass the run directory a synthgrad run wrote")
     records = read_metrics(run_dir)
     if not records:
         raise SynthgradError(f"{run_dir / METRICS_FILE} is empty: the run wrote no metrics yet")

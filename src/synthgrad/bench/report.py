@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from synthgrad.engine.records import write_json
-from synthgrad.errors import SynthgradError
+from synthgrad.errors import InvalidConfig
 
 RESULTS_FILE = "results.json"
 
@@ -30,11 +30,11 @@ def write_report(out_dir: Path, name: str, command: str, results: dict[str, Any]
 
 
 def check_choices(option: str, chosen: Sequence[str], allowed: Sequence[str]) -> None:
-    """Raise a one-line ``SynthgradError`` naming ``--<option>`` unless ``chosen`` is a non-empty selection
+    """Raise a one-line ``InvalidConfig`` naming the field ``option`` unless ``chosen`` is a non-empty selection
     from ``allowed``."""
     unknown = [value for value in chosen if value not in allowed]
     if unknown or not chosen:
-        raise SynthgradError(f"--{option} {' '.join(chosen) or '(none)'}: choose from {', '.join(allowed)}")
+        raise InvalidConfig(f"{{0}} {' '.join(chosen) or '(none)'}: choose from {', '.join(allowed)}", option)
 
 
 def seeds_phrase(seeds: Sequence[int]) -> str:
