@@ -1,7 +1,7 @@
 """The README's headline results (its *Results at a glance*), rerun end to end through the command line on
 real data and held to the thresholds the docs state (the issues' targets where they have them).
 
-Marked slow: 11 full trainings, tens of minutes on two cores, so CI runs the fast suite only and
+Marked slow: these 11 tests train for tens of minutes on two cores, so CI runs the fast suite only and
 ``pytest -m slow`` runs these. Each test names the docs page and section whose numbers it checks; the values
 measured there (seed 0 unless stated, the seed every command here uses) are in its docstring. A test that
 fails here means a change moved a published number: rerun the section's command and update both.
