@@ -34,13 +34,6 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> Tensor:
     return torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def classification_counts(logits: Tensor, labels: Tensor) -> tuple[float, int]:
-    """The summed cross-entropy and the number of correct predictions of one batch: what every evaluation
-    of a classifier adds up, in one process or on a pipeline's last rank."""
-    loss = nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-    return loss, int((logits.argmax(dim=1) == labels).sum().item())
-
-
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, split: Split, *, batch_size: int = 1000) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``split`` in eval mode (cuts are identities)."""
@@ -50,9 +43,10 @@ def evaluate_classifier(model: nn.Module, split: Split, *, batch_size: int = 100
     total_loss, correct = 0.0, 0
     try:
         for start in range(0, len(split.labels), batch_size):
-            loss, right = classification_counts(model(split.inputs[start:start + batch_size].to(device)),
-                                                split.labels[start:start + batch_size].to(device))
-            total_loss, correct = total_loss + loss, correct + right
+            logits = model(split.inputs[start:start + batch_size].to(device))
+            labels = split.labels[start:start + batch_size].to(device)
+            total_loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == labels).sum().item())
     finally:
         model.train(was_training)
     count = len(split.labels)
@@ -167,14 +161,20 @@ class ClassificationTask(Task):
         self.best_acc = state["best_acc"]
 
 
+def validate_sampling(batch_size: int, synth_every: int, update_prob: float) -> None:
+    """Raise ``InvalidConfig`` naming the field if the task's sampling options cannot work (the checks an
+    experiment makes before any work, and the task again for library users)."""
+    for field, value in (("batch_size", batch_size), ("synth_every", synth_every)):
+        if value <= 0:
+            raise InvalidConfig(f"{{0}} must be positive, got {value}", field)
+    if not 0.0 <= update_prob <= 1.0:
+        raise InvalidConfig(f"{{0}} must be a probability in [0, 1], got {update_prob}", "update_prob")
+
+
 def _check(model: nn.Module, train: Split, batch_size: int, synth_every: int, update_prob: float) -> None:
-    if batch_size <= 0 or synth_every <= 0:
-        raise InvalidConfig(f"{{0}} and {{1}} must be positive, got {batch_size} and {synth_every}",
-                            "batch_size", "synth_every")
+    validate_sampling(batch_size, synth_every, update_prob)
     if batch_size > len(train.labels):
         raise InvalidConfig(f"{{0}} {batch_size} is larger than the {len(train.labels)} training examples; "
                             "choose a smaller {0}", "batch_size")
-    if not 0.0 <= update_prob <= 1.0:
-        raise InvalidConfig(f"{{0}} must be a probability in [0, 1], got {update_prob}", "update_prob")
     if update_prob < 1.0 and not hasattr(model, "blocks"):
         raise InvalidConfig("{0} < 1 needs a model with blocks (a DecoupledSequential)", "update_prob")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from synthgrad.data import IMAGE_SHAPES
+from synthgrad.engine.classification import validate_sampling
 from synthgrad.engine.config import validate_train_config
 from synthgrad.errors import InvalidConfig
 from synthgrad.experiments.classifier_config import ClassifierConfig
@@ -47,11 +48,7 @@ def validate_classifier_config(
     _check_types(config)
     _check_types(config.train)
     validate_train_config(config.train)
-    for field in ("batch_size", "synth_every"):
-        if getattr(config, field) <= 0:
-            raise InvalidConfig(f"{{0}} must be positive, got {getattr(config, field)}", field)
-    if not 0.0 <= config.update_prob <= 1.0:
-        raise InvalidConfig(f"{{0}} must be a probability in [0, 1], got {config.update_prob}", "update_prob")
+    validate_sampling(config.batch_size, config.synth_every, config.update_prob)
     if config.synth_layers < 0:
         raise InvalidConfig(f"{{0}} must be >= 0, got {config.synth_layers}", "synth_layers")
     if config.method in METHODS_WITHOUT_SYNTHESIZERS:
